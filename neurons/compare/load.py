@@ -1,0 +1,654 @@
+"""Load the job directories of one or more runner sweeps into two tidy pandas frames.
+
+Reads files only (`.hydra/*.yaml`, `metrics.csv`, `summary.json`, `status.json`); it never imports
+the training code and never writes. It also holds the variant naming, ordering and colour rules
+(thesis names FFN / COMBINE xN / COUPLE xN, "w. bypassing skip") shared by the plots and tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+__all__ = [
+    "COMPLETED",
+    "METRIC_COLUMNS",
+    "NoRunsError",
+    "find_job_dirs",
+    "load_runs",
+    "method_label",
+    "ordered_variants",
+    "padded_matrix",
+    "variant_styles",
+]
+
+COMPLETED = "completed"
+METRIC_COLUMNS = (
+    "epoch",
+    "step",
+    "seconds",
+    "wall",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+)
+FAMILY_NAMES = {"plain": "FFN", "looping": "COMBINE", "feedback": "COUPLE"}
+FAMILY_RANK = {"plain": 0, "looping": 1, "feedback": 2}
+SKIP_SUFFIX = "w. bypassing skip"
+# Fixed colours per method, as in the thesis; yellow is a darker gold so it shows on white.
+METHOD_COLOURS = {
+    ("looping", 2): "red",
+    ("looping", 3): "green",
+    ("looping", 4): "goldenrod",
+    ("feedback", 2): "purple",
+    ("feedback", 3): "orange",
+    ("feedback", 4): "blue",
+}
+DEFAULT_CYCLE = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+)
+LINESTYLES = ("-", "--", ":", "-.")
+# Summary fields that always get a column (NaN when absent or null), so downstream code can rely
+# on them.
+SUMMARY_COLUMNS = (
+    "task",
+    "epochs_run",
+    "params",
+    "wall_seconds",
+    "seconds_per_epoch",
+    "final.train_loss",
+    "final.train_acc",
+    "final.val_loss",
+    "final.val_acc",
+    "best.epoch",
+    "best.monitor",
+    "best.val_loss",
+    "best.val_acc",
+    "probes.no_feedback.loss",
+    "probes.no_feedback.acc",
+    "probes.no_skip.loss",
+    "probes.no_skip.acc",
+    "probes.split",
+)
+_MARKERS = (Path(".hydra") / "config.yaml", Path("metrics.csv"), Path("status.json"))
+
+
+class NoRunsError(ValueError):
+    """A given directory holds no job directory."""
+
+
+# --------------------------------------------------------------------------------------------
+# naming, ordering, colours
+
+
+def method_label(family: Any, passes: Any) -> str:
+    """Thesis name of a method: plain -> "FFN", looping -> "COMBINE", feedback -> "COUPLE",
+    with " xN" appended when N = passes > 1 (never for plain)."""
+    fam = str(family)
+    name = FAMILY_NAMES.get(fam, fam.upper())
+    n = _as_int(passes)
+    if fam != "plain" and n is not None and n > 1:
+        name += f" x{n}"
+    return name
+
+
+def _variant_key(family: Any, passes: Any, skip: Any, extra: Any, label: str) -> tuple:
+    fam = None if _isna(family) else str(family)
+    rank = FAMILY_RANK.get(fam, 3 if fam is not None else 4)
+    n = _as_int(passes)
+    return (
+        bool(skip) if not _isna(skip) else False,
+        rank,
+        fam or "",
+        n if n is not None else 0,
+        "" if _isna(extra) else str(extra),
+        label,
+    )
+
+
+def ordered_variants(df: pd.DataFrame) -> list[str]:
+    """Variant labels of `df` (curves or jobs) in table/legend order: every skip=False variant
+    before every skip=True one; within each block FFN, then COMBINE xN by N, then COUPLE xN by N,
+    then any other family, then fallback (override-named) variants; ties by extra keys, label."""
+    if df.empty or "variant" not in df:
+        return []
+    cols = ["family", "passes", "skip", "extra", "variant"]
+    sub = df.reindex(columns=cols).drop_duplicates("variant")
+    keys = {
+        r.variant: _variant_key(r.family, r.passes, r.skip, r.extra, r.variant)
+        for r in sub.itertuples(index=False)
+    }
+    return sorted(keys, key=keys.__getitem__)
+
+
+def variant_styles(df: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Colour and line style per variant label: fixed thesis colours per method (FFN black,
+    COMBINE x2/x3/x4 red/green/gold, COUPLE x2/x3/x4 purple/orange/blue), others from the tab10
+    cycle in order of appearance; distinct `extra` values (e.g. lr=...) get distinct line styles."""
+    styles: dict[str, dict[str, str]] = {}
+    others: dict[str, str] = {}
+    extras: dict[str, str] = {}
+    if df.empty or "variant" not in df:
+        return styles
+    sub = df.reindex(columns=["family", "passes", "method", "extra", "variant"])
+    sub = sub.drop_duplicates("variant").set_index("variant")
+    for v in ordered_variants(df):
+        r = sub.loc[v]
+        fam = None if _isna(r.family) else str(r.family)
+        n = _as_int(r.passes)
+        if fam == "plain":
+            colour = "black"
+        elif (fam, n) in METHOD_COLOURS:
+            colour = METHOD_COLOURS[(fam, n)]
+        else:
+            key = str(r.method) if fam is None else f"{fam}/{n}"
+            if key not in others:
+                others[key] = DEFAULT_CYCLE[len(others) % len(DEFAULT_CYCLE)]
+            colour = others[key]
+        extra = "" if _isna(r.extra) else str(r.extra)
+        if fam is None:
+            style = "-"
+        else:
+            if extra not in extras:
+                extras[extra] = LINESTYLES[len(extras) % len(LINESTYLES)]
+            style = extras[extra]
+        styles[v] = {"color": colour, "linestyle": style}
+    return styles
+
+
+def padded_matrix(sub: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs 1..E, runs x E matrix) of `column` for the jobs in `sub` (curves rows), each run
+    NaN-padded to the longest one (E = the largest epoch in `sub`); rows in job order."""
+    sub = sub[sub["epoch"].notna() & (sub["epoch"] >= 1)]
+    if sub.empty:
+        return np.arange(1, 1), np.full((0, 0), np.nan)
+    n_epochs = int(sub["epoch"].max())
+    jobs = list(dict.fromkeys(sub["job"]))
+    mat = np.full((len(jobs), n_epochs), np.nan)
+    rows = sub["job"].map({j: i for i, j in enumerate(jobs)}).to_numpy(dtype=int)
+    cols = sub["epoch"].to_numpy(dtype=int) - 1
+    values = pd.to_numeric(sub[column], errors="coerce") if column in sub else np.nan
+    mat[rows, cols] = np.asarray(values, dtype=float)
+    return np.arange(1, n_epochs + 1), mat
+
+
+# --------------------------------------------------------------------------------------------
+# discovery
+
+
+def _is_job(d: Path) -> bool:
+    return any((d / m).is_file() for m in _MARKERS)
+
+
+def _natural_key(s: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+def find_job_dirs(root: Path) -> list[Path]:
+    """Job directories under `root` (or `root` itself): directories holding `.hydra/config.yaml`,
+    `metrics.csv` or `status.json`. Hidden directories are not searched, nor are job directories'
+    subdirectories. Naturally sorted by relative path (0_, 1_, ..., 10_)."""
+    root = Path(root)
+    if _is_job(root):
+        return [root]
+    found: list[Path] = []
+    for cur, subdirs, _files in os.walk(root):
+        subdirs[:] = [s for s in subdirs if not s.startswith(".")]
+        p = Path(cur)
+        if p != root and _is_job(p):
+            found.append(p)
+            subdirs[:] = []
+    return sorted(found, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
+
+
+# --------------------------------------------------------------------------------------------
+# reading one job
+
+
+@dataclass
+class _Job:
+    name: str
+    path: Path
+    sweep: Path
+    config: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)
+    metrics: pd.DataFrame | None = None
+    summary: dict | None = None
+    status: str = "unknown"
+    error: str | None = None
+    problems: list[str] = field(default_factory=list)
+    base: tuple | None = None  # (family, passes, skip) from the arch config
+    fields: dict = field(default_factory=dict)
+
+
+def _read_yaml(path: Path, job: _Job, what: str) -> Any:
+    if not path.is_file():
+        job.problems.append(f"{what} missing")
+        return None
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        job.problems.append(f"{what} unreadable: {_one_line(e)}")
+        return None
+
+
+def _read_json(path: Path, job: _Job, what: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        job.problems.append(f"{what} unreadable: {_one_line(e)}")
+        return None
+    if not isinstance(data, dict):
+        job.problems.append(f"{what} is not a JSON object")
+        return None
+    return data
+
+
+def _read_metrics(path: Path, job: _Job) -> pd.DataFrame | None:
+    if not path.is_file():
+        job.problems.append("metrics.csv missing")
+        return None
+    try:
+        m = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        job.problems.append("metrics.csv empty")
+        return None
+    except (OSError, ValueError) as e:
+        job.problems.append(f"metrics.csv unreadable: {_one_line(e)}")
+        return None
+    missing = [c for c in METRIC_COLUMNS if c not in m.columns]
+    if "epoch" in missing:
+        m["epoch"] = np.arange(1, len(m) + 1)
+        missing.remove("epoch")
+    if missing:
+        job.problems.append("metrics.csv lacks " + ", ".join(missing))
+    m = m.reindex(columns=list(METRIC_COLUMNS))
+    for c in METRIC_COLUMNS:
+        m[c] = pd.to_numeric(m[c], errors="coerce").astype(float)
+    m = m[m["epoch"].notna()].reset_index(drop=True)
+    if m.empty:
+        job.problems.append("metrics.csv has no rows")
+        return None
+    m["epoch"] = m["epoch"].astype(int)
+    return m
+
+
+def _parse_overrides(items: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not isinstance(items, list):
+        return out
+    for item in items:
+        s = str(item)
+        if "=" not in s:
+            continue
+        key, value = s.split("=", 1)
+        key = key.lstrip("+~").strip()
+        if key and not key.startswith("hydra"):
+            out[key] = value.strip()
+    return out
+
+
+def _read_job(path: Path, name: str, sweep: Path) -> _Job:
+    job = _Job(name=name, path=path, sweep=sweep)
+    hydra_dir = path / ".hydra"
+    cfg = _read_yaml(hydra_dir / "config.yaml", job, ".hydra/config.yaml")
+    job.config = cfg if isinstance(cfg, dict) else {}
+    if (hydra_dir / "hydra.yaml").is_file():
+        hy = _read_yaml(hydra_dir / "hydra.yaml", job, ".hydra/hydra.yaml")
+        choices = _dig(hy, "hydra", "runtime", "choices")
+        if isinstance(choices, dict):
+            job.choices = {str(k): v for k, v in choices.items() if not str(k).startswith("hydra")}
+    if (hydra_dir / "overrides.yaml").is_file():
+        job.overrides = _parse_overrides(
+            _read_yaml(hydra_dir / "overrides.yaml", job, ".hydra/overrides.yaml")
+        )
+    job.metrics = _read_metrics(path / "metrics.csv", job)
+    job.summary = _read_json(path / "summary.json", job, "summary.json")
+    status = _read_json(path / "status.json", job, "status.json")
+
+    if status is not None and status.get("status"):
+        job.status = str(status["status"])
+        job.error = None if status.get("error") is None else str(status["error"])
+    elif job.summary is not None and job.summary.get("status"):
+        job.status = str(job.summary["status"])
+        job.problems.append("status.json missing")
+    else:
+        job.problems.append("status.json missing")
+    if job.status != COMPLETED:
+        job.problems.insert(0, f"status {job.status}")
+    if job.summary is None:
+        job.problems.append("summary.json missing")
+    elif job.summary.get("status") not in (None, job.status):
+        job.problems.append(
+            f"summary.json says {job.summary.get('status')!r}, status.json {job.status!r}"
+        )
+
+    arch = job.config.get("arch")
+    if isinstance(arch, dict) and "family" in arch:
+        passes = _as_int(arch.get("passes"))
+        job.base = (str(arch["family"]), passes if passes is not None else 1, _as_bool(arch))
+    return job
+
+
+def _as_bool(arch: dict) -> bool:
+    v = arch.get("skip", False)
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes")
+    return bool(v)
+
+
+# --------------------------------------------------------------------------------------------
+# per-job fields
+
+
+def _summary_fields(job: _Job) -> dict[str, Any]:
+    f: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS, np.nan)
+    if job.summary is not None:
+        flat = _flatten(job.summary)
+        if "status" in flat:
+            flat["summary_status"] = flat.pop("status")
+        f.update(flat)
+    m = job.metrics
+    if job.summary is None and job.status == COMPLETED and m is not None:
+        # Completed run without summary.json: reconstruct what the metrics allow.
+        last = m.iloc[-1]
+        f["epochs_run"] = len(m)
+        for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            f[f"final.{k}"] = last[k]
+        if m["val_loss"].notna().any():
+            best = m.loc[m["val_loss"].idxmin()]
+            f.update(
+                {
+                    "best.epoch": int(best["epoch"]),
+                    "best.monitor": "val_loss",
+                    "best.val_loss": best["val_loss"],
+                    "best.val_acc": best["val_acc"],
+                }
+            )
+        f["wall_seconds"] = last["wall"]
+        f["seconds_per_epoch"] = _nanmean(m["seconds"].to_numpy())
+    if _isna(f.get("task")):
+        if m is not None:
+            f["task"] = "classification" if m["val_acc"].notna().any() else "regression"
+        else:
+            f["task"] = None
+    return f
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = _cell(v)
+    return out
+
+
+def _config_fields(job: _Job) -> dict[str, Any]:
+    if not job.config:
+        return {}
+    flat = pd.json_normalize(job.config, sep=".").iloc[0].to_dict()
+    return {k: _cell(v) for k, v in flat.items()}
+
+
+def _cell(v: Any) -> Any:
+    """Scalars as they are; lists/dicts as compact JSON text (hashable, CSV-friendly)."""
+    if isinstance(v, list | tuple | dict):
+        return json.dumps(v, default=str, separators=(",", ":"))
+    return np.nan if v is None else v
+
+
+# --------------------------------------------------------------------------------------------
+# variants
+
+
+def _varied(jobs: Sequence[_Job]) -> list[str]:
+    keys: list[str] = []
+    for j in jobs:
+        keys += [k for k in j.overrides if k not in keys]
+    return [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+
+
+def _assign_variants(jobs: Sequence[_Job], varied: list[str]) -> None:
+    # A job without arch info (e.g. its config is missing) borrows it from a job that chose the
+    # same arch config.
+    by_arch = {}
+    for j in jobs:
+        arch_choice = j.choices.get("arch", j.overrides.get("arch"))
+        if j.base is not None and arch_choice is not None:
+            by_arch.setdefault(str(arch_choice), j.base)
+    for j in jobs:
+        if j.base is None:
+            arch_choice = j.choices.get("arch", j.overrides.get("arch"))
+            j.base = by_arch.get(str(arch_choice)) if arch_choice is not None else None
+
+    # Extra keys: varied overrides (not seed) that the (family, passes, skip) tuple does not
+    # determine, e.g. optimizer.lr or dataset; they become part of the variant label.
+    candidates = [k for k in varied if k != "seed"]
+    groups: dict[tuple, list[_Job]] = {}
+    for j in jobs:
+        if j.base is not None:
+            groups.setdefault(j.base, []).append(j)
+    extra_keys = [
+        k
+        for k in candidates
+        if any(len({j.overrides.get(k) for j in g}) > 1 for g in groups.values())
+    ]
+
+    for j in jobs:
+        if j.base is not None:
+            fam, passes, skip = j.base
+            extra = ", ".join(f"{k}={j.overrides.get(k, 'default')}" for k in extra_keys)
+            method = method_label(fam, passes)
+            if extra:
+                method += f" ({extra})"
+            label = method_label(fam, passes) + (f" {SKIP_SUFFIX}" if skip else "")
+            label += f" ({extra})" if extra else ""
+            j.fields.update(
+                variant=label, method=method, family=fam, passes=passes, skip=skip, extra=extra
+            )
+        else:
+            parts = [f"{k}={j.overrides.get(k, 'default')}" for k in candidates]
+            name = _dig(j.config, "arch", "name") or j.choices.get("arch")
+            label = ", ".join(parts) or (str(name) if name else "run")
+            j.fields.update(
+                variant=label,
+                method=label,
+                family=np.nan,
+                passes=np.nan,
+                skip=False,
+                extra=", ".join(parts),
+            )
+
+
+def _unique_names(found: list[tuple[Path, Path]]) -> list[str]:
+    names = [j.name for _s, j in found]
+    if len(set(names)) == len(names):
+        return names
+    names = [f"{s.name}/{j.relative_to(s).as_posix()}" if j != s else j.name for s, j in found]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+
+_ID_COLUMNS = ["job", "variant", "method", "family", "passes", "skip", "extra", "seed"]
+
+
+def load_runs(dirs: Iterable[Path | str] | Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Load every job under the given sweep (or single job) directories.
+
+    Returns ``(curves, jobs)``:
+
+    * ``curves``: one row per job x epoch, columns ``job, variant, method, family, passes, skip,
+      extra, seed, status, complete, task`` + the ``metrics.csv`` columns + the flattened config
+      (``arch.family``, ``optimizer.lr``, ...) + ``choice.<group>``. Rows of unfinished or failed
+      jobs are kept, flagged by ``complete == False``.
+    * ``jobs``: one row per job with ``path, sweep, status, error, complete, early_stopped,
+      n_epochs, problem`` and the flattened ``summary.json`` (``final.*``, ``best.*``,
+      ``probes.*``, ``dataset.*``, ...), then ``choice.*`` and config columns. ``problem`` is a
+      "; "-joined list of what is missing or wrong ("" when fine). A completed job without a
+      summary gets its final/best/epochs fields from ``metrics.csv``.
+
+    Both frames carry ``attrs["varied"]``: the override keys whose values differ across jobs.
+    Raises ``FileNotFoundError`` for a missing directory and ``NoRunsError`` when a directory
+    holds no job.
+    """
+    if isinstance(dirs, str | Path):
+        dirs = [dirs]
+    roots = [Path(d) for d in dirs]
+    if not roots:
+        raise NoRunsError("no directory given")
+    found: list[tuple[Path, Path]] = []
+    for root in roots:
+        if not root.is_dir():
+            raise FileNotFoundError(f"no such directory: {root}")
+        job_dirs = find_job_dirs(root)
+        if not job_dirs:
+            raise NoRunsError(
+                f"no job directories (with .hydra/config.yaml or metrics.csv) in {root}"
+            )
+        found += [(root, j) for j in job_dirs]
+
+    names = _unique_names(found)
+    jobs = [_read_job(j, n, s) for (s, j), n in zip(found, names, strict=True)]
+    varied = _varied(jobs)
+    _assign_variants(jobs, varied)
+
+    job_rows, curve_parts = [], []
+    for j in jobs:
+        seed = j.config.get("seed")
+        if seed is None and j.summary is not None:
+            seed = j.summary.get("seed")
+        if seed is None:
+            seed = j.overrides.get("seed")
+        ident = {"job": j.name, **j.fields, "seed": _as_int(seed)}
+        summ = _summary_fields(j)
+        cfg = _config_fields(j)
+        choices = {f"choice.{k}": _cell(v) for k, v in j.choices.items()}
+        configured = _as_int(_dig(j.config, "train", "epochs"))
+        n_epochs = 0 if j.metrics is None else len(j.metrics)
+        epochs_run = _as_int(summ.get("epochs_run"))
+        complete = j.status == COMPLETED
+        row = {
+            **ident,
+            "path": str(j.path),
+            "sweep": str(j.sweep),
+            "status": j.status,
+            "error": j.error,
+            "complete": complete,
+            "early_stopped": bool(
+                complete
+                and configured is not None
+                and (epochs_run if epochs_run is not None else n_epochs) < configured
+            ),
+            "n_epochs": n_epochs,
+            "problem": "; ".join(j.problems),
+            **summ,
+            **choices,
+        }
+        for k, v in cfg.items():
+            row.setdefault(k, v)
+        job_rows.append(row)
+        if j.metrics is not None:
+            part = j.metrics.copy()
+            lead = {
+                **ident,
+                "status": j.status,
+                "complete": complete,
+                "task": summ.get("task"),
+            }
+            for k, v in reversed(list(lead.items())):
+                part.insert(0, k, [v] * len(part))
+            extra_cols = {k: v for k, v in {**cfg, **choices}.items() if k not in part.columns}
+            if extra_cols:
+                part = pd.concat(
+                    [part, pd.DataFrame({k: [v] * len(part) for k, v in extra_cols.items()})],
+                    axis=1,
+                )
+            curve_parts.append(part)
+
+    jobs_df = pd.DataFrame(job_rows)
+    lead_cols = [*_ID_COLUMNS, "status", "complete", "task", *METRIC_COLUMNS]
+    if curve_parts:
+        curves = pd.concat(curve_parts, ignore_index=True, sort=False)
+    else:
+        curves = pd.DataFrame(columns=lead_cols)
+    for df in (jobs_df, curves):
+        for c in ("seed", "passes"):
+            if c in df:
+                df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+        df.attrs["varied"] = list(varied)
+    return curves, jobs_df
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _dig(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _isna(v: Any) -> bool:
+    if v is None or v is pd.NA:
+        return True
+    try:
+        return bool(isinstance(v, float) and math.isnan(v))
+    except TypeError:
+        return False
+
+
+def _as_int(v: Any) -> int | None:
+    if _isna(v) or isinstance(v, bool):
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _nanmean(a: np.ndarray) -> float:
+    a = np.asarray(a, dtype=float)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[-1] if s else type(e).__name__

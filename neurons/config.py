@@ -1,0 +1,478 @@
+"""Config -> objects: the only module that maps YAML names (`kind: conv`, `name: adam`) to classes.
+
+`build_experiment(cfg)` checks values (every error names its config path, what was expected
+and what was found), loads the dataset and returns plain objects for `neurons.train.fit`.
+It also registers the OmegaConf resolvers the YAML files use.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from neurons.data import Dataset, DatasetConfig, DatasetError, load_dataset
+from neurons.graph import Feedback, Loop, Network, Skip, lsuv_init
+from neurons.layers import (
+    Activation,
+    Affine,
+    AvgPool2d,
+    BatchNorm,
+    BuildError,
+    Conv2d,
+    Deconv2d,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPool2d,
+    NormConv2d,
+    NormDense,
+    Reshape,
+)
+from neurons.objectives import OBJECTIVES, make_objective
+from neurons.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from neurons.train import EarlyStopping, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key, what is allowed and what was found."""
+
+
+LAYERS: dict[str, type] = {
+    "dense": Dense,
+    "conv": Conv2d,
+    "deconv": Deconv2d,
+    "maxpool": MaxPool2d,
+    "avgpool": AvgPool2d,
+    "flatten": Flatten,
+    "reshape": Reshape,
+    "dropout": Dropout,
+    "batchnorm": BatchNorm,
+    "activation": Activation,
+    "normdense": NormDense,
+    "normconv": NormConv2d,
+    "feedback": Feedback,
+}
+_AFFINE_KEYS = ("activation", "activation_param", "init", "init_args")
+OPTIMIZER_KEYS = {
+    "sgd": ("lr", "weight_decay"),
+    "sgdm": ("lr", "momentum", "dampening", "nesterov", "weight_decay"),
+    "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+    "adamw": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+    "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
+}
+ARCH_KEYS = ("layers", "skips", "loops", "output")
+
+
+# ----------------------------------------------------------------------------- resolvers
+def _run_dir(resume: str | None = None) -> str:
+    if resume:
+        return str(resume)
+    stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
+    return f"runs/{stamp}-{secrets.token_hex(3)}"  # unique even within one second
+
+
+def register_resolvers() -> None:
+    """Resolvers used in conf/: `${sub:a,b}`, `${uid:}`, `${neurons_run_dir:${resume}}`, ..."""
+    reg = OmegaConf.register_new_resolver
+    if not OmegaConf.has_resolver("sub"):
+        reg("sub", lambda a, b: a - b)
+    if not OmegaConf.has_resolver("uid"):
+        reg("uid", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("neurons_run_dir"):
+        reg("neurons_run_dir", _run_dir, use_cache=True)
+    if not OmegaConf.has_resolver("neurons_output_subdir"):
+        reg("neurons_output_subdir", lambda resume=None: None if resume else ".hydra")
+
+
+register_resolvers()
+
+
+# ----------------------------------------------------------------------------- validation
+def _num(path: str, value: Any, *, lo: float | None = None, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, found {value!r}")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        rel = ">" if lo_open else ">="
+        raise ConfigError(f"{path}: expected a number {rel} {lo}, found {value!r}")
+    return float(value)
+
+
+def _int(path: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"{path}: expected an integer >= {lo}, found {value!r}")
+    return int(value)
+
+
+def _choice(path: str, value: Any, allowed: tuple[str, ...] | list[str]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{path}: expected one of {', '.join(allowed)}, found {value!r}")
+    return value
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check value ranges that types cannot express; raise ConfigError naming the key."""
+    o = cfg.optimizer
+    name = _choice("optimizer.name", o.name, tuple(OPTIMIZERS))
+    _num("optimizer.lr", o.lr, lo=0.0, lo_open=True)
+    _num("optimizer.weight_decay", o.weight_decay, lo=0.0)
+    if name in ("sgdm", "rmsprop"):
+        _num("optimizer.momentum", o.momentum, lo=0.0)
+    if name == "sgdm" and o.nesterov and (o.momentum <= 0 or o.dampening != 0):
+        raise ConfigError(
+            "optimizer.nesterov: needs optimizer.momentum > 0 and optimizer.dampening = 0, "
+            f"found momentum={o.momentum}, dampening={o.dampening}"
+        )
+    if name in ("adam", "adamw"):
+        b = list(o.betas)
+        if len(b) != 2 or not all(isinstance(v, int | float) and 0 <= v < 1 for v in b):
+            raise ConfigError(f"optimizer.betas: expected two numbers in [0, 1), found {b}")
+    if name in ("adam", "adamw", "rmsprop"):
+        _num("optimizer.eps", o.eps, lo=0.0, lo_open=True)
+    _choice("objective.name", cfg.objective.name, ("auto", *OBJECTIVES))
+    t = cfg.train
+    _int("train.epochs", t.epochs, 1)
+    _int("train.batch_size", t.batch_size, 1)
+    _int("train.eval_every", t.eval_every, 1)
+    _int("train.eval_batch_size", t.eval_batch_size, 1)
+    _int("train.checkpoint_every", t.checkpoint_every, 0)
+    if t.threads is not None:
+        _int("train.threads", t.threads, 1)
+    if t.clip_value is not None:
+        _num("train.clip_value", t.clip_value, lo=0.0, lo_open=True)
+    if t.clip_norm is not None:
+        _num("train.clip_norm", t.clip_norm, lo=0.0, lo_open=True)
+    _choice("train.dtype", t.dtype, ("float32", "float64"))
+    es = t.early_stopping
+    _int("train.early_stopping.patience", es.patience, 1)
+    _num("train.early_stopping.min_delta", es.min_delta, lo=0.0)
+    _choice(
+        "train.early_stopping.monitor", es.monitor, ("val_loss", "val_acc", "train_loss", "train_acc")
+    )
+    _choice("train.early_stopping.mode", es.mode, ("auto", "min", "max"))
+    sch = t.schedule
+    _choice("train.schedule.name", sch.name, SCHEDULES)
+    _int("train.schedule.warmup_epochs", sch.warmup_epochs, 0)
+    if sch.warmup_epochs >= t.epochs:
+        raise ConfigError(
+            f"train.schedule.warmup_epochs: expected fewer than train.epochs={t.epochs}, "
+            f"found {sch.warmup_epochs}"
+        )
+    if sch.name == "step":
+        _int("train.schedule.step_size", sch.step_size, 1)
+    _int("seed", cfg.seed, 0)
+    if not isinstance(cfg.arch, DictConfig | dict):
+        raise ConfigError(f"arch: expected a mapping (an arch/ config), found {cfg.arch!r}")
+
+
+# ----------------------------------------------------------------------------- arch
+def _plain(node: Any) -> Any:
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def build_layer(spec: Any, path: str) -> Layer | Feedback:
+    """One layer (or feedback block) from its mapping, e.g. {kind: conv, filters: 8}."""
+    spec = _plain(spec)
+    if not isinstance(spec, dict):
+        raise BuildError(f"{path}: expected a mapping with a `kind`, found {spec!r}")
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in LAYERS:
+        raise BuildError(f"{path}.kind: expected one of {', '.join(LAYERS)}, found {kind!r}")
+    cls = LAYERS[kind]
+    if kind == "feedback":
+        inner = spec.pop("layers", None)
+        if not isinstance(inner, list) or not inner:
+            raise BuildError(f"{path}.layers: a feedback block needs a non-empty list of layers")
+        body = [build_layer(s, f"{path}.layers[{q}]") for q, s in enumerate(inner)]
+        spec["layers"] = body
+    sig = inspect.signature(cls.__init__)
+    allowed = [k for k in sig.parameters if k not in ("self", "kw")]
+    if "kw" in sig.parameters:
+        allowed += [k for k in _AFFINE_KEYS if k not in allowed]
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise BuildError(
+            f"{path}: unknown key(s) {unknown} for kind {kind}; allowed: {', '.join(allowed)}"
+        )
+    required = [
+        k
+        for k, p in sig.parameters.items()
+        if k not in ("self", "kw") and p.default is inspect.Parameter.empty
+    ]
+    missing = [k for k in required if spec.get(k) is None]
+    if missing:
+        raise BuildError(f"{path}: kind {kind} needs {', '.join(missing)}")
+    try:
+        layer = cls(**spec)
+    except BuildError as e:
+        raise BuildError(f"{path}.{e}") from None
+    except (TypeError, ValueError) as e:
+        raise BuildError(f"{path}: {e}") from None
+    layer.path = path
+    return layer
+
+
+def _index(path: str, value: Any, n: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BuildError(f"{path}: expected a layer index (int), found {value!r}")
+    if not -n <= value < n:
+        raise BuildError(f"{path}: expected a layer index in [-{n}, {n - 1}], found {value}")
+    return value % n
+
+
+def _structure(arch: dict, key: str, n: int) -> list[Skip] | list[Loop]:
+    items = arch.get(key) or []
+    if not isinstance(items, list):
+        raise BuildError(f"arch.{key}: expected a list, found {items!r}")
+    out: list = []
+    for k, spec in enumerate(items):
+        path = f"arch.{key}[{k}]"
+        if not isinstance(spec, dict):
+            raise BuildError(f"{path}: expected a mapping, found {spec!r}")
+        spec = dict(spec)
+        if not spec.pop("enabled", True):
+            continue
+        if key == "skips":
+            allowed = {"from", "to", "merge"}
+        else:
+            allowed = {"from", "to", "iterations", "merge", "inskip", "scale"}
+        unknown = sorted(set(spec) - allowed)
+        if unknown:
+            raise BuildError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed | {'enabled'})}")
+        for req in ("from", "to"):
+            if req not in spec:
+                raise BuildError(f"{path}: needs `{req}` (a layer index)")
+        src = _index(f"{path}.from", spec["from"], n)
+        dst = _index(f"{path}.to", spec["to"], n)
+        if key == "skips":
+            out.append(Skip(src=src, dst=dst, merge=spec.get("merge", "add"), path=path))
+        else:
+            it = spec.get("iterations", 1)
+            if isinstance(it, bool) or not isinstance(it, int):
+                raise BuildError(f"{path}.iterations: expected an int >= 0, found {it!r}")
+            scale = spec.get("scale", 1.0)
+            if isinstance(scale, bool) or not isinstance(scale, int | float):
+                raise BuildError(f"{path}.scale: expected a number, found {scale!r}")
+            out.append(
+                Loop(
+                    src=src,
+                    dst=dst,
+                    iterations=it,
+                    merge=spec.get("merge", "mean"),
+                    inskip=bool(spec.get("inskip", False)),
+                    scale=float(scale),
+                    path=path,
+                )
+            )
+    return out
+
+
+def output_activation(task: str, objective: str) -> str:
+    if task == "classification":
+        return "sigmoid" if objective == "bce" else "softmax"
+    return "linear"
+
+
+def build_network(
+    arch: Any,
+    input_shape: tuple[int, ...],
+    n_outputs: int,
+    task: str,
+    objective: str,
+    rng: np.random.Generator,
+    dtype: str | np.dtype = "float32",
+) -> Network:
+    """Build and shape-check the network of an `arch` mapping for a dataset.
+
+    Args:
+        arch: `layers` (list of layer mappings), optional `skips`, `loops` and `output` (the
+            output layer; `units: auto` = n_outputs, `activation: auto` = softmax/sigmoid for
+            classification, linear for regression; `output: null` = the last layer is the output).
+        objective: the resolved objective name; softmax + cross_entropy and sigmoid + bce are
+            fused (the network keeps that activation apart as its `head`).
+    """
+    arch = _plain(arch)
+    specs = arch.get("layers")
+    if not isinstance(specs, list) or not specs:
+        raise BuildError("arch.layers: expected a non-empty list of layer mappings")
+    layers = [build_layer(s, f"arch.layers[{k}]") for k, s in enumerate(specs)]
+    out_spec = arch.get("output", {"kind": "dense"})
+    if out_spec is not None:
+        out_spec = dict(out_spec)
+        out_spec.setdefault("kind", "dense")
+        if out_spec.get("units", "auto") == "auto" and out_spec["kind"] in ("dense", "normdense"):
+            out_spec["units"] = n_outputs
+        if out_spec.get("activation", "auto") == "auto":
+            out_spec["activation"] = output_activation(task, objective)
+        layers.append(build_layer(out_spec, "arch.output"))
+    n = len(layers)
+    skips = _structure(arch, "skips", n)
+    loops = _structure(arch, "loops", n)
+    head = None
+    last = layers[-1]
+    obj_cls = OBJECTIVES[objective]
+    fused = getattr(obj_cls, "fused_activation", None)
+    in_loop = any(lp.dst <= n - 1 <= lp.src for lp in loops)
+    if fused and getattr(last, "activation", None) == fused and not in_loop:
+        if isinstance(last, Affine) and getattr(last, "scale", None) is None:
+            last.activation, head = "linear", fused  # train on logits; predict applies head
+    net = Network(layers, skips=skips, loops=loops, head=head)
+    net.build(tuple(input_shape), rng, np.dtype(dtype))
+    if math.prod(net.output_shape) != n_outputs or len(net.output_shape) != 1:
+        raise BuildError(
+            f"arch.output: the network's output shape {net.output_shape} does not match the "
+            f"dataset's {n_outputs} output(s); let arch.output.units be auto"
+        )
+    return net
+
+
+# ----------------------------------------------------------------------------- experiment
+@dataclass
+class Experiment:
+    """Everything a run needs, as plain objects."""
+
+    dataset: Dataset
+    network: Network
+    objective: Any
+    objective_name: str
+    optimizer: Any
+    schedule: Any
+    train: TrainConfig
+    rng: np.random.Generator
+    classification: bool
+
+
+def resolve_objective(name: str, task: str) -> str:
+    if name == "auto":
+        return "cross_entropy" if task == "classification" else "mse"
+    return name
+
+
+def build_optimizer(ocfg: Any, params: dict[str, np.ndarray]) -> Any:
+    o = _plain(ocfg)
+    name = o["name"]
+    hp = {k: o[k] for k in OPTIMIZER_KEYS[name]}
+    if "betas" in hp:
+        hp["betas"] = tuple(hp["betas"])
+    try:
+        return make_optimizer(name, params, **hp)
+    except ValueError as e:
+        raise ConfigError(f"optimizer: {e}") from None
+
+
+def build_schedule(tcfg: Any, base_lr: float) -> Any:
+    s = _plain(tcfg.schedule)
+    kw: dict[str, Any] = {
+        "epochs": int(tcfg.epochs),
+        "warmup_epochs": s["warmup_epochs"],
+        "warmup_start_factor": s["warmup_start_factor"],
+    }
+    if s["name"] == "step":
+        kw.update(step_size=s["step_size"], gamma=s["gamma"])
+    elif s["name"] == "exponential":
+        kw.update(gamma=s["gamma"])
+    elif s["name"] == "cosine":
+        kw.update(min_lr=s["min_lr"])
+    try:
+        return make_schedule(s["name"], base_lr, **kw)
+    except ValueError as e:
+        raise ConfigError(f"train.schedule: {e}") from None
+
+
+def build_train_config(tcfg: Any) -> TrainConfig:
+    t = _plain(tcfg)
+    es = t["early_stopping"]
+    return TrainConfig(
+        epochs=t["epochs"],
+        batch_size=t["batch_size"],
+        shuffle=t["shuffle"],
+        eval_every=t["eval_every"],
+        eval_batch_size=t["eval_batch_size"],
+        clip_value=t["clip_value"],
+        clip_norm=t["clip_norm"],
+        early_stopping=EarlyStopping(
+            patience=es["patience"],
+            min_delta=es["min_delta"],
+            monitor=es["monitor"],
+            mode=es["mode"],
+            restore_best=es["restore_best"],
+        )
+        if es["enabled"]
+        else None,
+    )
+
+
+def dataset_config(cfg: DictConfig) -> DatasetConfig:
+    return OmegaConf.to_object(cfg.dataset)  # type: ignore[return-value]
+
+
+def build_experiment(cfg: DictConfig, dataset: Dataset | None = None) -> Experiment:
+    """Validate `cfg`, load the dataset (unless given) and build every object of a run."""
+    validate(cfg)
+    if dataset is None:
+        try:
+            dataset = load_dataset(dataset_config(cfg))
+        except DatasetError:
+            raise
+    log.info("dataset %s: %s", dataset.name, dataset.source)
+    rng = np.random.default_rng(int(cfg.seed))
+    objective_name = resolve_objective(cfg.objective.name, dataset.task)
+    if dataset.task == "regression" and objective_name in ("cross_entropy", "kld"):
+        raise ConfigError(
+            f"objective.name: {objective_name} needs a classification dataset, "
+            f"{dataset.name} is a regression task"
+        )
+    net = build_network(
+        cfg.arch,
+        dataset.sample_shape,
+        dataset.n_outputs,
+        dataset.task,
+        objective_name,
+        rng,
+        cfg.train.dtype,
+    )
+    if any(getattr(ly, "init", None) == "lsuv" for _, ly in net.unique_layers()):
+        n = min(int(cfg.train.lsuv_batch), len(dataset.x_train))
+        idx = rng.choice(len(dataset.x_train), size=n, replace=False)
+        lsuv_init(net, dataset.x_train[idx])
+    log.info("network (%s parameters)\n%s", f"{net.n_params():,}", net.summary())
+    optimizer = build_optimizer(cfg.optimizer, net.named_parameters())
+    schedule = build_schedule(cfg.train, float(cfg.optimizer.lr))
+    return Experiment(
+        dataset=dataset,
+        network=net,
+        objective=make_objective(objective_name),
+        objective_name=objective_name,
+        optimizer=optimizer,
+        schedule=schedule,
+        train=build_train_config(cfg.train),
+        rng=rng,
+        classification=dataset.task == "classification",
+    )
+
+
+def set_threads(threads: int | None) -> dict[str, int]:
+    """Set numba's and BLAS's thread counts (None = all cores); return what is in force."""
+    import numba
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    n = threads or os.cpu_count() or 1
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    threadpool_limits(limits=n)
+    blas = [i.get("num_threads", 0) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return {"numba": numba.get_num_threads(), "blas": max(blas) if blas else 0}

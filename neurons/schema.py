@@ -1,0 +1,91 @@
+"""Structured-config schema: typed dataclasses for every config group but `arch`.
+
+Hydra merges the YAML groups into these, so a wrong type (`train.epochs=abc`) or an unknown key
+fails at compose time with the key named. Value ranges and the recursive `arch` mapping are
+checked by `neurons.config`. Nothing here builds objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from neurons.data.config import DatasetConfig
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # sgd | sgdm | adam | adamw | rmsprop
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgdm, rmsprop
+    dampening: float = 0.0  # sgdm
+    nesterov: bool = False  # sgdm
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    eps: float = 1e-8  # adam, adamw, rmsprop
+    amsgrad: bool = False  # adam, adamw
+    alpha: float = 0.99  # rmsprop smoothing constant
+    centered: bool = False  # rmsprop
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "auto"  # auto = cross_entropy for classification, mse for regression
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    patience: int = 10  # evaluations without improvement before stopping
+    min_delta: float = 0.0
+    monitor: str = "val_loss"  # val_loss | val_acc | train_loss | train_acc
+    mode: str = "auto"  # min | max | auto
+    restore_best: bool = False  # load the best weights when training ends
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "constant"  # constant | step | exponential | cosine
+    step_size: int = 10  # step: epochs between decays
+    gamma: float = 0.1  # step / exponential: decay factor
+    min_lr: float = 0.0  # cosine: final learning rate
+    warmup_epochs: int = 0  # linear warm-up epochs before the schedule
+    warmup_start_factor: float = 0.1  # warm-up starts at lr * this
+
+
+@dataclass
+class TrainConfigSchema:
+    epochs: int = 10
+    batch_size: int = 32
+    shuffle: bool = True  # reshuffle the training split every epoch (seeded)
+    eval_every: int = 1  # epochs between validation passes
+    eval_batch_size: int = 512
+    clip_value: float | None = None  # clamp the output gradient to [-v, v]
+    clip_norm: float | None = None  # clip parameter gradients to this global L2 norm
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    threads: int | None = None  # numba and BLAS threads; null = all cores
+    checkpoint_every: int = 1  # epochs between `last` checkpoints (0 = only at the end)
+    progress: bool = True  # tqdm bars (only when stderr is a terminal)
+    dtype: str = "float32"  # float32 | float64
+    lsuv_batch: int = 512  # samples used by LSUV initialisation (layers with init: lsuv)
+
+
+@dataclass
+class Config:
+    arch: Any = MISSING  # a mapping checked by neurons.config (layers, skips, loops, output)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfigSchema = field(default_factory=TrainConfigSchema)
+    seed: int = 0  # seeds the one np.random.Generator of the run (init, shuffles, dropout)
+    resume: str | None = None  # a run directory to continue from its last checkpoint
+    tag: str | None = None  # free-form label recorded with the run
+
+
+def register_schema() -> None:
+    """Store the schema as `schema` for `conf/config.yaml`'s defaults list."""
+    ConfigStore.instance().store(name="schema", node=Config)

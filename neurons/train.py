@@ -1,0 +1,240 @@
+"""The training loop: `fit`, `evaluate`, `predict`. Knows nothing of Hydra or files.
+
+`fit` takes plain objects (a built network, an objective, an optimizer, arrays, a TrainConfig,
+an explicit rng) and reads top to bottom: shuffle -> batches (forward, loss, backward, clip,
+step) -> evaluate -> early stopping -> callbacks. Run records are the callbacks' business.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from neurons.graph import Network
+from neurons.kernels import Array
+from neurons.layers import Context
+from neurons.optim import clip_by_value, clip_grad_norm
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or Inf; the message names the epoch and batch."""
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` evaluations."""
+
+    patience: int = 10
+    min_delta: float = 0.0
+    monitor: str = "val_loss"
+    mode: str = "auto"  # min | max | auto (max for *acc*, min otherwise)
+    restore_best: bool = False
+
+    def better(self, value: float, best: float) -> bool:
+        mode = self.mode if self.mode != "auto" else ("max" if "acc" in self.monitor else "min")
+        if math.isnan(value):
+            return False
+        if math.isnan(best):
+            return True
+        return value > best + self.min_delta if mode == "max" else value < best - self.min_delta
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    shuffle: bool = True
+    eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated)
+    eval_batch_size: int = 512
+    clip_value: float | None = None  # clamp the output gradient to [-v, v] (the original's kind)
+    clip_norm: float | None = None  # rescale parameter gradients to this global L2 norm
+    early_stopping: EarlyStopping | None = None
+
+
+@dataclass
+class TrainState:
+    """Everything `fit` needs to continue bit-identically (saved in checkpoints)."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_value: float = float("nan")
+    best_epoch: int = 0
+    wait: int = 0
+    stopped_early: bool = False
+    best_state: dict[str, Array] | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_early": self.stopped_early,
+        }
+
+
+EpochCallback = Callable[[TrainState, dict[str, float], bool], None]
+"""Called after every epoch with the state, the epoch's metrics row, and `improved`."""
+
+
+def evaluate(
+    model: Network,
+    objective: Any,
+    x: Array,
+    y: Array,
+    *,
+    classification: bool,
+    batch_size: int = 512,
+    recurrent: bool = True,
+    skips: bool = True,
+) -> tuple[float, float]:
+    """Mean per-sample loss and accuracy (argmax match; NaN for regression) over (x, y)."""
+    fused = model.head is not None and model.head == getattr(objective, "fused_activation", None)
+    losses, hits = [], 0
+    for s in range(0, len(x), batch_size):
+        xb = x[s : s + batch_size].astype(model.dtype, copy=False)
+        yb = y[s : s + batch_size].astype(model.dtype, copy=False)
+        out, _ = model.forward(xb, recurrent=recurrent, skips=skips, logits=fused)
+        if fused:
+            losses.append(objective.per_sample_logits(out, yb))
+        else:
+            losses.append(objective.per_sample(out, yb))
+        if classification:
+            hits += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
+    loss = float(np.mean(np.concatenate(losses).astype(np.float64))) if losses else float("nan")
+    acc = hits / len(x) if classification and len(x) else float("nan")
+    return loss, acc
+
+
+def train_step(
+    model: Network,
+    objective: Any,
+    optimizer: Any,
+    xb: Array,
+    yb: Array,
+    rng: np.random.Generator,
+    cfg: TrainConfig,
+) -> tuple[float, Array]:
+    """One minibatch: forward, batch-mean loss, backward, clipping, one optimizer step."""
+    fused = model.head is not None and model.head == getattr(objective, "fused_activation", None)
+    model.zero_grad()
+    out, tape = model.forward(xb, Context(train=True, rng=rng), record=True, logits=fused)
+    if fused:
+        loss, dout = objective.loss_grad_logits(out, yb)
+    else:
+        loss, dout = objective.loss_grad(out, yb)
+    if cfg.clip_value is not None:
+        dout = clip_by_value(dout, -cfg.clip_value, cfg.clip_value)
+    model.backward(dout.astype(model.dtype, copy=False), tape)
+    grads = model.named_grads()
+    if cfg.clip_norm is not None:
+        clip_grad_norm(grads, cfg.clip_norm)
+    optimizer.step(grads)
+    return float(loss), out
+
+
+def fit(
+    model: Network,
+    objective: Any,
+    optimizer: Any,
+    x_train: Array,
+    y_train: Array,
+    x_val: Array | None,
+    y_val: Array | None,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    *,
+    classification: bool = True,
+    schedule: Callable[[int], float] | None = None,
+    state: TrainState | None = None,
+    callbacks: list[EpochCallback] | None = None,
+    on_batch: Callable[[int, int, float], None] | None = None,
+) -> TrainState:
+    """Train `model` for `cfg.epochs` epochs (continuing from `state` when resuming).
+
+    Each epoch: shuffle with `rng` (if cfg.shuffle), one optimizer step per minibatch on the
+    batch-mean loss, then evaluate on (x_val, y_val) every `cfg.eval_every` epochs. Metrics per
+    epoch go to `callbacks` as a row: epoch, step, seconds, lr, train_loss, train_acc,
+    val_loss, val_acc. Raises NonFiniteLoss (naming the epoch and batch) on a NaN/Inf loss.
+    """
+    state = state or TrainState()
+    es = cfg.early_stopping
+    n = len(x_train)
+    if n == 0:
+        raise ValueError("fit: the training split is empty")
+    bs = int(cfg.batch_size)
+    n_batches = math.ceil(n / bs)
+    dtype = model.dtype
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if schedule is not None:
+            optimizer.lr = float(schedule(epoch - 1))
+        t0 = time.perf_counter()
+        order = rng.permutation(n) if cfg.shuffle else np.arange(n)
+        loss_sum, hits = 0.0, 0
+        for b in range(n_batches):
+            idx = order[b * bs : (b + 1) * bs]
+            xb = x_train[idx].astype(dtype, copy=False)
+            yb = y_train[idx].astype(dtype, copy=False)
+            loss, out = train_step(model, objective, optimizer, xb, yb, rng, cfg)
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"training loss is {loss} at epoch {epoch}, batch {b + 1} of {n_batches} "
+                    f"(step {state.step + 1}); try a smaller optimizer.lr or train.clip_norm"
+                )
+            state.step += 1
+            loss_sum += loss * len(idx)
+            if classification:
+                hits += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
+            if on_batch is not None:
+                on_batch(b + 1, n_batches, loss)
+        seconds = time.perf_counter() - t0
+        row = {
+            "epoch": epoch,
+            "step": state.step,
+            "seconds": seconds,
+            "lr": float(optimizer.lr),
+            "train_loss": loss_sum / n,
+            "train_acc": hits / n if classification else float("nan"),
+            "val_loss": float("nan"),
+            "val_acc": float("nan"),
+        }
+        evaluated = x_val is not None and len(x_val) > 0
+        evaluated = evaluated and (epoch % max(cfg.eval_every, 1) == 0 or epoch == cfg.epochs)
+        if evaluated:
+            row["val_loss"], row["val_acc"] = evaluate(
+                model,
+                objective,
+                x_val,
+                y_val,
+                classification=classification,
+                batch_size=cfg.eval_batch_size,
+            )
+        state.epoch = epoch
+        improved = False
+        monitor = es.monitor if es else "val_loss"
+        value = row.get(monitor, float("nan"))
+        if evaluated or monitor.startswith("train"):
+            better = es.better(value, state.best_value) if es else (
+                EarlyStopping(monitor=monitor).better(value, state.best_value)
+            )
+            if better:
+                state.best_value, state.best_epoch, state.wait, improved = value, epoch, 0, True
+                if es is not None and es.restore_best:
+                    state.best_state = model.state_dict()
+            else:
+                state.wait += 1
+        if es is not None and state.wait >= es.patience:
+            state.stopped_early = True
+        for cb in callbacks or ():
+            cb(state, row, improved)
+        if state.stopped_early:
+            break
+    if es is not None and es.restore_best and state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    return state
