@@ -91,7 +91,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     [
         ("train.epochs=abc", "train.epochs"),
         ("optimizer.lr=-1", "optimizer.lr: expected a number > 0.0, found -1"),
-        ("train.foo=1", "Key 'foo' is not in struct"),
+        ("train.foo=1", "Key 'foo' not in 'TrainConfigSchema'"),
         ("arch=nope", "Could not find 'arch/nope'"),
         ("dataset.normalize=zscore", "dataset.normalize: expected one of"),
     ],
@@ -107,7 +107,7 @@ def test_bad_overrides_fail_cleanly(override, message, tmp_path):
 def test_help_and_cfg(tmp_path):
     p = cli("--help")
     assert "arch: " in p.stdout and "cnn_feedback" in p.stdout
-    p = cli("--cfg", "job", "arch=mlp_looping", "arch.passes=3")
+    p = cli("--cfg", "job", "--resolve", "arch=mlp_looping", "arch.passes=3")
     assert "iterations: 2" in p.stdout
 
 
