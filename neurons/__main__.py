@@ -42,8 +42,10 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     if _failed:
-        print(f"neurons: {len(_failed)} run(s) failed; see status.json in: "
-              + ", ".join(_failed), file=sys.stderr)
+        print(
+            f"neurons: {len(_failed)} run(s) failed; see status.json in: " + ", ".join(_failed),
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,7 +92,9 @@ def _data(name: str, limit: int | None):
     if name == "iris":
         return load_dataset(DatasetConfig(name="iris", normalize="standardize"))
     flat = name.endswith("_flat")
-    return load_dataset(DatasetConfig(name="fashion_mnist", flatten=flat, limit=limit, download=False))
+    return load_dataset(
+        DatasetConfig(name="fashion_mnist", flatten=flat, limit=limit, download=False)
+    )
 
 
 def run_ours(w: Workload, ds, epochs: int, seed: int = 0) -> float:
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((w.key, w.title, len(ds.x_train), ours, theirs))
         print(f"  {key}: ours {ours:.3f} s/epoch, torch {theirs:.3f} s/epoch", flush=True)
     print(f"\nthreads: numba {threads['numba']}, BLAS {threads['blas']}, torch {n_threads}")
-    print(f"| workload | samples | ours s/epoch | PyTorch s/epoch | ours/PyTorch |")
+    print("| workload | samples | ours s/epoch | PyTorch s/epoch | ours/PyTorch |")
     print("|---|---:|---:|---:|---:|")
     for key, title, n, ours, theirs in rows:
         print(f"| ({key}) {title} | {n} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |")

@@ -158,7 +158,9 @@ def validate(cfg: DictConfig) -> None:
     _int("train.early_stopping.patience", es.patience, 1)
     _num("train.early_stopping.min_delta", es.min_delta, lo=0.0)
     _choice(
-        "train.early_stopping.monitor", es.monitor, ("val_loss", "val_acc", "train_loss", "train_acc")
+        "train.early_stopping.monitor",
+        es.monitor,
+        ("val_loss", "val_acc", "train_loss", "train_acc"),
     )
     _choice("train.early_stopping.mode", es.mode, ("auto", "min", "max"))
     sch = t.schedule
@@ -252,7 +254,9 @@ def _structure(arch: dict, key: str, n: int) -> list[Skip] | list[Loop]:
             allowed = {"from", "to", "iterations", "merge", "inskip", "scale"}
         unknown = sorted(set(spec) - allowed)
         if unknown:
-            raise BuildError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed | {'enabled'})}")
+            raise BuildError(
+                f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed | {'enabled'})}"
+            )
         for req in ("from", "to"):
             if req not in spec:
                 raise BuildError(f"{path}: needs `{req}` (a layer index)")

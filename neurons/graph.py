@@ -35,7 +35,7 @@ class Skip:
 
 @dataclass
 class Loop:
-    """After layer `src`, feed its output back into layer `dst` and rerun dst..src `iterations` times."""
+    """After layer `src`, feed its output back into `dst`; rerun dst..src `iterations` times."""
 
     src: int
     dst: int
@@ -110,7 +110,7 @@ class _Exec:
         return (x, self.tape.push((i,), lambda g: (g * g.dtype.type(s),)))
 
     def merge(self, vs: list[Value], mode: str) -> Value:
-        """Merge values of equal shape: add, subtract (first minus the rest), multiply, mean, overwrite (last)."""
+        """Merge equal-shape values: add, subtract (first - rest), multiply, mean, overwrite."""
         if len(vs) == 1:
             return vs[0]
         xs = [x for x, _ in vs]
@@ -186,7 +186,9 @@ class Feedback:
                 f"{p}.coupling: expected one of mean, sum, none, found {self.coupling!r}"
             )
         if self.merge_mode not in MERGES:
-            raise BuildError(f"{p}.merge: expected one of {', '.join(MERGES)}, found {self.merge_mode!r}")
+            raise BuildError(
+                f"{p}.merge: expected one of {', '.join(MERGES)}, found {self.merge_mode!r}"
+            )
         if not self.body:
             raise BuildError(f"{p}.layers: a feedback block needs at least one layer")
         self.in_shape = tuple(in_shape)
@@ -203,7 +205,9 @@ class Feedback:
             )
         self.out_shape = shape
         if self.coupling == "none":
-            self.copies = [self.body] + [[ly.clone() for ly in self.body] for _ in range(self.loops - 1)]
+            self.copies = [self.body] + [
+                [ly.clone() for ly in self.body] for _ in range(self.loops - 1)
+            ]
         else:
             self.copies = [self.body] * self.loops
         return shape
@@ -293,7 +297,9 @@ class Network:
                     f"network input), found from={s.src}, to={s.dst}"
                 )
             if s.merge not in MERGES:
-                raise BuildError(f"{s.path}.merge: expected one of {', '.join(MERGES)}, found {s.merge!r}")
+                raise BuildError(
+                    f"{s.path}.merge: expected one of {', '.join(MERGES)}, found {s.merge!r}"
+                )
             if math.prod(ins[s.src]) != math.prod(ins[s.dst]):
                 raise BuildError(
                     f"{s.path}: the input of layer {s.src} has shape {ins[s.src]} but the input "
@@ -306,9 +312,13 @@ class Network:
                     f"{lp.path}: expected 0 <= to <= from < {L}, found from={lp.src}, to={lp.dst}"
                 )
             if lp.iterations < 0:
-                raise BuildError(f"{lp.path}.iterations: expected an int >= 0, found {lp.iterations}")
+                raise BuildError(
+                    f"{lp.path}.iterations: expected an int >= 0, found {lp.iterations}"
+                )
             if lp.merge not in MERGES:
-                raise BuildError(f"{lp.path}.merge: expected one of {', '.join(MERGES)}, found {lp.merge!r}")
+                raise BuildError(
+                    f"{lp.path}.merge: expected one of {', '.join(MERGES)}, found {lp.merge!r}"
+                )
             out, into = self.layers[lp.src].out_shape, ins[lp.dst]
             if math.prod(out) != math.prod(into):
                 raise BuildError(

@@ -150,17 +150,19 @@ class Affine(Layer):
             relu_like = self.activation in ("relu", "leaky_relu", "elu")
             name = "kaiming_uniform" if relu_like else "xavier_uniform"
             if relu_like:
-                kw.setdefault("nonlinearity", "leaky_relu" if self.activation == "leaky_relu" else "relu")
+                kw.setdefault(
+                    "nonlinearity", "leaky_relu" if self.activation == "leaky_relu" else "relu"
+                )
                 if self.activation == "leaky_relu":
-                    kw.setdefault("a", 0.01 if self.activation_param is None else self.activation_param)
+                    kw.setdefault(
+                        "a", 0.01 if self.activation_param is None else self.activation_param
+                    )
         if name == "lsuv":  # orthogonal start; neurons.graph.lsuv_init rescales with data
             name = "orthogonal"
         fn = initializers.INITIALIZERS.get(name)
         if fn is None:
-            raise BuildError(
-                f"{self.path}.init: expected one of {sorted([*initializers.INITIALIZERS, 'auto', 'lsuv'])}, "
-                f"found {self.init!r}"
-            )
+            names = sorted([*initializers.INITIALIZERS, "auto", "lsuv"])
+            raise BuildError(f"{self.path}.init: expected one of {names}, found {self.init!r}")
         try:
             w = fn(rng, shape, fan_in=fan_in, fan_out=fan_out, dtype=dtype, **kw)
         except (TypeError, ValueError) as e:
@@ -251,9 +253,7 @@ class Conv2d(Affine):
         except ValueError as e:
             raise BuildError(f"{self.path}: {e} (input {tuple(in_shape)})") from None
         fan_in, fan_out = c * kh * kw, self.filters * kh * kw
-        self.params["w"] = self._init_weight(
-            rng, (self.filters, c, kh, kw), fan_in, fan_out, dtype
-        )
+        self.params["w"] = self._init_weight(rng, (self.filters, c, kh, kw), fan_in, fan_out, dtype)
         if self.bias:
             self.params["b"] = np.zeros(self.filters, dtype)
         return (self.filters, oh, ow)
@@ -273,7 +273,9 @@ class Conv2d(Affine):
 
     def describe(self) -> str:
         k = "x".join(map(str, self.kernel_size))
-        return f"conv({self.filters}, {k}, s{self.stride[0]}, p{self.padding[0]})[{self.activation}]"
+        return (
+            f"conv({self.filters}, {k}, s{self.stride[0]}, p{self.padding[0]})[{self.activation}]"
+        )
 
 
 class Deconv2d(Affine):
@@ -317,9 +319,7 @@ class Deconv2d(Affine):
             raise BuildError(f"{self.path}: {e} (input {tuple(in_shape)})") from None
         # PyTorch computes fans of a transposed conv from weight dim 1 as "in": F * kh * kw
         fan_in, fan_out = self.filters * kh * kw, c * kh * kw
-        self.params["w"] = self._init_weight(
-            rng, (c, self.filters, kh, kw), fan_in, fan_out, dtype
-        )
+        self.params["w"] = self._init_weight(rng, (c, self.filters, kh, kw), fan_in, fan_out, dtype)
         if self.bias:
             self.params["b"] = np.zeros(self.filters, dtype)
         return (self.filters, oh, ow)
@@ -345,7 +345,9 @@ class Deconv2d(Affine):
 
     def describe(self) -> str:
         k = "x".join(map(str, self.kernel_size))
-        return f"deconv({self.filters}, {k}, s{self.stride[0]}, p{self.padding[0]})[{self.activation}]"
+        return (
+            f"deconv({self.filters}, {k}, s{self.stride[0]}, p{self.padding[0]})[{self.activation}]"
+        )
 
 
 class NormDense(Affine):
@@ -437,7 +439,9 @@ class NormConv2d(Affine):
         x = x.reshape(x.shape[0], *self.in_shape)
         w = self.params["w"]
         tw = np.tan(w)
-        z, c = convk.conv2d_forward(x, tw, None, self.conv.stride, self.conv.padding, self.conv.dilation)
+        z, c = convk.conv2d_forward(
+            x, tw, None, self.conv.stride, self.conv.padding, self.conv.dilation
+        )
         return z / z.dtype.type(self.n_in), (c, tw)
 
     def _lin_backward(self, dz: Array, cache: Cache, gscale: float) -> Array:

@@ -144,7 +144,12 @@ def _restore(exp: Experiment, run_dir: Path) -> tuple[TrainState, list[dict]]:
 
 
 def _summary(
-    exp: Experiment, cfg: DictConfig, state: TrainState, rows: list[dict], threads: dict, wall: float
+    exp: Experiment,
+    cfg: DictConfig,
+    state: TrainState,
+    rows: list[dict],
+    threads: dict,
+    wall: float,
 ) -> dict[str, Any]:
     ds, net = exp.dataset, exp.network
     x_eval, y_eval, split = ds.x_val, ds.y_val, "val"
@@ -207,9 +212,11 @@ def run_job(cfg: DictConfig, run_dir: Path, *, progress: bool | None = None) -> 
             saved = run_dir / ".hydra" / "config.yaml"
             if not saved.exists():
                 raise ConfigError(f"resume: {saved} not found; expected a run directory")
-            status = rec.read_json(run_dir / rec.STATUS).get("status") if (
-                run_dir / rec.STATUS
-            ).exists() else None
+            status = (
+                rec.read_json(run_dir / rec.STATUS).get("status")
+                if (run_dir / rec.STATUS).exists()
+                else None
+            )
             if status == "completed":
                 log.info("resume: %s already completed; nothing to do", run_dir)
                 return True
@@ -245,9 +252,7 @@ def run_job(cfg: DictConfig, run_dir: Path, *, progress: bool | None = None) -> 
                 on_batch=on_batch,
             )
         recorder.write_last()
-        summary = _summary(
-            exp, cfg, state, recorder.rows, threads, time.perf_counter() - t_start
-        )
+        summary = _summary(exp, cfg, state, recorder.rows, threads, time.perf_counter() - t_start)
         rec.write_json(run_dir / rec.SUMMARY, summary)
         rec.write_status(run_dir, "completed")
         log.info("completed: %s", _brief(summary))

@@ -220,8 +220,10 @@ def fit(
         monitor = es.monitor if es else "val_loss"
         value = row.get(monitor, float("nan"))
         if evaluated or monitor.startswith("train"):
-            better = es.better(value, state.best_value) if es else (
-                EarlyStopping(monitor=monitor).better(value, state.best_value)
+            better = (
+                es.better(value, state.best_value)
+                if es
+                else (EarlyStopping(monitor=monitor).better(value, state.best_value))
             )
             if better:
                 state.best_value, state.best_epoch, state.wait, improved = value, epoch, 0, True

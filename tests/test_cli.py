@@ -35,14 +35,32 @@ def cli(*args, check=True, timeout=300):
 
 def test_single_run_writes_every_record(tmp_path):
     run = tmp_path / "run"
-    cli("dataset=iris", "arch=mlp_skip", "train.epochs=3", "train.threads=1",
-        f"hydra.run.dir={run}")
-    for f in [".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.csv", "summary.json",
-              "status.json", "run.log", "checkpoints/last.npz", "checkpoints/best.npz"]:
+    cli(
+        "dataset=iris", "arch=mlp_skip", "train.epochs=3", "train.threads=1", f"hydra.run.dir={run}"
+    )
+    for f in [
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "metrics.csv",
+        "summary.json",
+        "status.json",
+        "run.log",
+        "checkpoints/last.npz",
+        "checkpoints/best.npz",
+    ]:
         assert (run / f).exists(), f
     m = pd.read_csv(run / "metrics.csv")
-    assert list(m.columns) == ["epoch", "step", "seconds", "wall", "lr", "train_loss",
-                               "train_acc", "val_loss", "val_acc"]
+    assert list(m.columns) == [
+        "epoch",
+        "step",
+        "seconds",
+        "wall",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+    ]
     assert list(m.epoch) == [1, 2, 3]
     assert list(m.step) == [4, 8, 12]  # 120 training samples, batch 32
     assert (m.seconds > 0).all() and np.all(np.diff(m.wall) > 0)
@@ -64,8 +82,14 @@ def test_single_run_writes_every_record(tmp_path):
 
 def test_multirun_two_jobs(tmp_path):
     sweep = tmp_path / "sweep"
-    cli("-m", "dataset=xor", "arch=mlp_plain,mlp_feedback", "train.epochs=2", "train.threads=1",
-        f"hydra.sweep.dir={sweep}")
+    cli(
+        "-m",
+        "dataset=xor",
+        "arch=mlp_plain,mlp_feedback",
+        "train.epochs=2",
+        "train.threads=1",
+        f"hydra.sweep.dir={sweep}",
+    )
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0_mlp_plain_xor_s0", "1_mlp_feedback_xor_s0"]
     for j in jobs:
@@ -76,11 +100,18 @@ def test_multirun_two_jobs(tmp_path):
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    p = cli("-m", "dataset=iris", "arch=cnn_plain,mlp_plain", "train.epochs=1",
-            f"hydra.sweep.dir={sweep}", check=False)
+    p = cli(
+        "-m",
+        "dataset=iris",
+        "arch=cnn_plain,mlp_plain",
+        "train.epochs=1",
+        f"hydra.sweep.dir={sweep}",
+        check=False,
+    )
     assert p.returncode == 1
-    st = {d.name: json.loads((d / "status.json").read_text()) for d in sweep.iterdir()
-          if d.is_dir()}
+    st = {
+        d.name: json.loads((d / "status.json").read_text()) for d in sweep.iterdir() if d.is_dir()
+    }
     assert st["0_cnn_plain_iris_s0"]["status"] == "failed"
     assert "conv expects a (C, H, W) input" in st["0_cnn_plain_iris_s0"]["error"]
     assert st["1_mlp_plain_iris_s0"]["status"] == "completed"
@@ -117,13 +148,23 @@ def _weights(run: Path) -> dict:
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
-    args = ["dataset=digits", "arch=mlp_feedback", "train.epochs=6", "train.batch_size=8",
-            "train.threads=1", "arch.width=64"]
+    args = [
+        "dataset=digits",
+        "arch=mlp_feedback",
+        "train.epochs=6",
+        "train.batch_size=8",
+        "train.threads=1",
+        "arch.width=64",
+    ]
     full, cut = tmp_path / "full", tmp_path / "cut"
     cli(*args, f"hydra.run.dir={full}")
-    proc = subprocess.Popen([sys.executable, "-m", "neurons", *args, f"hydra.run.dir={cut}"],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neurons", *args, f"hydra.run.dir={cut}"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:  # kill once two epochs are on disk
         m = cut / "metrics.csv"
@@ -150,8 +191,15 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
 
 def test_nan_run_fails_and_keeps_a_loadable_checkpoint(tmp_path):
     run = tmp_path / "nan"
-    p = cli("dataset=iris", "optimizer=sgd", "optimizer.lr=1e30", "objective=mse",
-            "train.epochs=5", f"hydra.run.dir={run}", check=False)
+    p = cli(
+        "dataset=iris",
+        "optimizer=sgd",
+        "optimizer.lr=1e30",
+        "objective=mse",
+        "train.epochs=5",
+        f"hydra.run.dir={run}",
+        check=False,
+    )
     assert p.returncode == 1
     st = json.loads((run / "status.json").read_text())
     assert st["status"] == "failed"

@@ -39,8 +39,9 @@ def test_every_arch_composes_and_builds(arch):
     validate(cfg)
     cnn = arch.startswith("cnn")
     shape, n_out = ((1, 28, 28), 10) if cnn else ((4,), 3)
-    net = build_network(cfg.arch, shape, n_out, "classification", "cross_entropy",
-                        np.random.default_rng(0))
+    net = build_network(
+        cfg.arch, shape, n_out, "classification", "cross_entropy", np.random.default_rng(0)
+    )
     x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32)
     out = net.predict(x)
     assert out.shape == (2, n_out)
@@ -72,8 +73,10 @@ def test_every_dataset_composes_and_loads_or_says_why(dataset):
     arch = "cnn_plain" if len(ds.sample_shape) == 3 and ds.sample_shape[1] >= 8 else "mlp_plain"
     if len(ds.sample_shape) == 3 and ds.sample_shape[1] < 8:
         arch = "mlp_plain"
-    exp = build_experiment(cfg_of(f"dataset={dataset}", "dataset.download=false",
-                                  "dataset.limit=64", f"arch={arch}"), dataset=ds)
+    exp = build_experiment(
+        cfg_of(f"dataset={dataset}", "dataset.download=false", "dataset.limit=64", f"arch={arch}"),
+        dataset=ds,
+    )
     assert exp.network.output_shape == (ds.n_outputs,)
 
 
@@ -93,8 +96,9 @@ def test_original_grid_is_one_choice_plus_overrides(family, variant, skip):
     kind, extra = ORIGINAL_GRID[variant]
     cfg = cfg_of(f"arch={family}_{kind}", f"arch.skip={str(skip).lower()}", *extra)
     shape, n_out = ((1, 28, 28), 10) if family == "cnn" else ((4,), 3)
-    net = build_network(cfg.arch, shape, n_out, "classification", "cross_entropy",
-                        np.random.default_rng(0))
+    net = build_network(
+        cfg.arch, shape, n_out, "classification", "cross_entropy", np.random.default_rng(0)
+    )
     # parameter counts of the original comparison networks (reference section 4.3)
     assert net.n_params() == (1997 if family == "cnn" else 1425)
     assert bool(net.skips) == skip
@@ -130,11 +134,20 @@ def test_bad_values_name_the_key(override, message):
         (["+arch.layers.0.unitz=3"], r"arch.layers\[0\]: unknown key\(s\) \['unitz'\]"),
         (["arch=cnn_plain"], r"arch.layers\[0\]: conv expects a \(C, H, W\) input"),
         (["arch=cnn_looping", "arch.filters=2"], r"arch.loops\[0\]: the output of layer 2"),
-        (["arch.skips.0.to=7", "arch.skip=true"], r"arch.skips\[0\].to: expected a layer index in \[-4, 3\]"),
+        (
+            ["arch.skips.0.to=7", "arch.skip=true"],
+            r"arch.skips\[0\].to: expected a layer index in \[-4, 3\]",
+        ),
     ],
 )
 def test_build_errors_name_the_path(overrides, message):
     cfg = cfg_of(*overrides)
     with pytest.raises(BuildError, match=message):
-        build_network(cfg.arch, (4,) if "cnn_looping" not in overrides[0] else (1, 8, 8), 3,
-                      "classification", "cross_entropy", np.random.default_rng(0))
+        build_network(
+            cfg.arch,
+            (4,) if "cnn_looping" not in overrides[0] else (1, 8, 8),
+            3,
+            "classification",
+            "cross_entropy",
+            np.random.default_rng(0),
+        )

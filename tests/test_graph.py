@@ -83,17 +83,25 @@ def test_cnn_loop(rng):
     net_gradcheck(net, rng)
 
 
-def feedback_net(rng, coupling="sum", loops=3, inskips=False, outskips=False, merge="mean",
-                 skips=()):
-    block = Feedback([Dense(4, activation="tanh"), Dense(4, activation="sigmoid")], loops=loops,
-                     coupling=coupling, inskips=inskips, outskips=outskips, merge=merge)
+def feedback_net(
+    rng, coupling="sum", loops=3, inskips=False, outskips=False, merge="mean", skips=()
+):
+    block = Feedback(
+        [Dense(4, activation="tanh"), Dense(4, activation="sigmoid")],
+        loops=loops,
+        coupling=coupling,
+        inskips=inskips,
+        outskips=outskips,
+        merge=merge,
+    )
     layers = [Dense(4, activation="tanh"), block, Dense(3)]
     return Network(layers, skips=list(skips)).build((5,), rng, np.float64)
 
 
 @pytest.mark.parametrize("coupling", ["sum", "none", "mean"])
-@pytest.mark.parametrize("inskips,outskips", [(False, False), (True, False), (False, True),
-                                              (True, True)])
+@pytest.mark.parametrize(
+    "inskips,outskips", [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_feedback_every_coupling(coupling, inskips, outskips, rng):
     net = feedback_net(rng, coupling=coupling, inskips=inskips, outskips=outskips)
     # mean coupling averages the tied weights' gradient over the 3 copies: x3 gives the sum
@@ -109,8 +117,11 @@ def test_feedback_skip_merges(merge, rng):
 def test_skip_into_and_out_of_feedback_block(rng):
     # into the block (input of layer 1) from the network input, and out of it (input of 2)
     net = Network(
-        [Dense(5, activation="tanh"),
-         Feedback([Dense(5, activation="tanh")], loops=2, coupling="sum"), Dense(3)],
+        [
+            Dense(5, activation="tanh"),
+            Feedback([Dense(5, activation="tanh")], loops=2, coupling="sum"),
+            Dense(3),
+        ],
         skips=[Skip(0, 1, "add"), Skip(1, 2, "subtract"), Skip(0, 2, "mean")],
     ).build((5,), rng, np.float64)
     net_gradcheck(net, rng)
@@ -137,10 +148,7 @@ def test_coupled_parameters_appear_once(rng):
 # ----------------------------------------------------------------------------- probes
 def scalar_net(w, skips=(), loops=(), block=None):
     """1 -> 1 linear layers without bias and with hand-set weights."""
-    layers = []
-    for v in w:
-        d = Dense(1, bias=False)
-        layers.append(d)
+    layers = [Dense(1, bias=False) for _ in w]
     if block is not None:
         layers.insert(1, block)
     net = Network(layers, skips=list(skips), loops=list(loops))

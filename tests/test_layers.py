@@ -210,8 +210,13 @@ def test_checker_catches_a_wrong_backward(rng):
         return {"x": g @ layer.params["w"].T, "w": np.outer(x.sum(0), g.sum(0)) * 0.5}
 
     with pytest.raises(GradCheckError, match="d/dw mismatch"):
-        check_grad("dense", lambda: layer.forward(x, Context())[0], wrong,
-                   {"x": x, "w": layer.params["w"]}, rng)
+        check_grad(
+            "dense",
+            lambda: layer.forward(x, Context())[0],
+            wrong,
+            {"x": x, "w": layer.params["w"]},
+            rng,
+        )
 
 
 def test_build_errors_name_the_path(rng):
@@ -230,8 +235,12 @@ def test_build_errors_name_the_path(rng):
 
 
 def test_float32_stays_float32(rng):
-    for layer, shape in [(Dense(3), (4,)), (Conv2d(2, 3, padding=1), (1, 5, 5)),
-                         (MaxPool2d(2), (1, 4, 4)), (BatchNorm(), (4,))]:
+    for layer, shape in [
+        (Dense(3), (4,)),
+        (Conv2d(2, 3, padding=1), (1, 5, 5)),
+        (MaxPool2d(2), (1, 4, 4)),
+        (BatchNorm(), (4,)),
+    ]:
         layer.build(shape, rng, np.float32)
         x = rng.standard_normal((2, *shape)).astype(np.float32)
         y, cache = layer.forward(x, Context(train=True))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from neurons.kernels import Array, Cache
+from neurons.kernels import Array, Cache, Shape
 
 Pair = tuple[int, int]
 
@@ -257,7 +257,7 @@ def _use_direct(taps: int) -> bool:
 def _core_fwd(
     xp: Array, w: Array, s: Pair, d: Pair, oh: int, ow: int
 ) -> tuple[Array, Array | None]:
-    """xp: (N, C, Hp, Wp), w: (F, C, kh, kw) -> (y: (N, F, OH, OW), cols or empty)."""
+    """xp: (N, C, Hp, Wp), w: (F, C, kh, kw) -> (y: (N, F, OH, OW), cols: (CK, N, P) or None)."""
     n = xp.shape[0]
     f, c, kh, kw = w.shape
     if _use_direct(w.size):
@@ -280,11 +280,13 @@ def _core_dx(dy: Array, w: Array, s: Pair, d: Pair, hp: int, wp: int) -> Array:
     return _col2im(dcols, c, kh, kw, s[0], s[1], d[0], d[1], oh, ow, hp, wp)
 
 
-def _core_dw(xp: Array, dy: Array, cols: Array | None, kshape: Pair, s: Pair, d: Pair) -> Array:
-    """xp: (N, C, Hp, Wp), dy: (N, F, OH, OW) -> dw: (F, C, kh, kw)."""
+def _core_dw(
+    xp: Array | None, dy: Array, cols: Array | None, kshape: Shape, s: Pair, d: Pair
+) -> Array:
+    """xp: (N, C, Hp, Wp) or cols: (C*kh*kw, N, OH*OW), dy: (N, F, OH, OW) -> dw: (F, C, kh, kw)."""
     n, f, oh, ow = dy.shape
-    c = xp.shape[1]
     kh, kw = kshape
+    c = xp.shape[1] if cols is None else cols.shape[0] // (kh * kw)
     if cols is None and _use_direct(f * c * kh * kw):
         zero = xp.dtype.type(0)
         return _direct_dw(xp, dy, kh, kw, s[0], s[1], d[0], d[1], zero)
@@ -321,16 +323,28 @@ def conv2d_forward(
     y, cols = _core_fwd(xp, w, s, d, oh, ow)
     if b is not None:
         y += b[None, :, None, None]
-    cache = (xp, cols, w, b is not None, x.shape, y.shape, s, p, d)
+    # im2col already holds every input value dw needs; keep xp only for the direct path
+    cache = (
+        xp if cols is None else None,
+        xp.shape,
+        cols,
+        w,
+        b is not None,
+        x.shape,
+        y.shape,
+        s,
+        p,
+        d,
+    )
     return y, cache
 
 
 def conv2d_backward(dy: Array, cache: Cache) -> tuple[Array, Array, Array | None]:
     """dy: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, kh, kw), db: (F,) or None."""
-    xp, cols, w, has_bias, xshape, yshape, s, p, d = cache
-    dy = np.ascontiguousarray(dy.reshape(yshape), dtype=xp.dtype)  # a flat dy back to 4-D
+    xp, xpshape, cols, w, has_bias, xshape, yshape, s, p, d = cache
+    dy = np.ascontiguousarray(dy.reshape(yshape), dtype=w.dtype)  # a flat dy back to 4-D
     h, wd = xshape[2], xshape[3]
-    dxp = _core_dx(dy, w, s, d, xp.shape[2], xp.shape[3])  # (N, C, H + 2ph, W + 2pw)
+    dxp = _core_dx(dy, w, s, d, xpshape[2], xpshape[3])  # (N, C, H + 2ph, W + 2pw)
     dx = dxp if p == (0, 0) else np.ascontiguousarray(dxp[:, :, p[0] : p[0] + h, p[1] : p[1] + wd])
     dw = _core_dw(xp, dy, cols, w.shape[2:], s, d)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
