@@ -530,14 +530,18 @@ def lsuv_init(
             continue
         if "b" in layer.params:
             layer.params["b"].fill(0)
-        var = float("nan")
-        for _ in range(max_iter):
+
+        def variance(layer: Layer = layer) -> float:
             cap: dict[int, list[Array]] = {}
             net.forward(x.astype(net.dtype, copy=False), Context(capture=cap))
             z = np.concatenate([a.ravel() for a in cap.get(id(layer), [])])
-            var = float(np.var(z.astype(np.float64)))
+            return float(np.var(z.astype(np.float64)))
+
+        var = variance()
+        for _ in range(max_iter):
             if not np.isfinite(var) or var == 0 or abs(var - 1.0) < tol:
                 break
             layer.params["w"] *= layer.params["w"].dtype.type(1.0 / np.sqrt(var))
+            var = variance()  # what is returned is always measured after the last rescale
         out[f"{prefix}w"] = var
     return out
