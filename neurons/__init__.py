@@ -4,4 +4,10 @@ The engine (kernels -> layers -> graph -> train) is plain numpy/numba; Hydra onl
 `neurons.__main__` and `neurons.config`. Nothing here imports PyTorch.
 """
 
+import os
+
+# OpenBLAS threads busy-wait ~0.1 s after every call and then fight numba's thread pool for the
+# cores (measured: 2-5x slower kernels on 2 cores). Only effective before numpy is first imported.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 __version__ = "0.1.0"

@@ -1,6 +1,10 @@
 """Shared fixtures: a seeded generator per test and strict floating-point error checking."""
 
-import numpy as np
+import os
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as neurons/__init__.py, before numpy
+
+import numpy as np  # noqa: E402
 import pytest
 
 
