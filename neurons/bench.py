@@ -1,26 +1,32 @@
-"""Benchmark: seconds per training epoch of our engine vs PyTorch CPU, measured in one process.
+"""Benchmark: seconds per training epoch of our engine vs PyTorch CPU, in one benchmark run.
 
     python -m neurons.bench                      # all four workloads, all cores
     python -m neurons.bench --workloads a,c --threads 2 --epochs 2
 
-Same architecture, batch size, optimizer (Adam), data order cost and thread count on both sides;
-prints a table with the ratio ours/PyTorch (lower is better). Needs torch (`pip install torch`);
-it is a script, never a test, and no part of the package depends on torch.
+Same architecture, batch size, optimizer (Adam), shuffling and thread count on both sides; each
+side of each workload runs in its own fresh child process (numba's, OpenBLAS's and PyTorch's
+thread pools would otherwise spin against each other), one after the other, and the parent
+prints a table with the ratio ours/PyTorch (lower is better). Needs torch; it is a script,
+never a test, and no part of the package depends on torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from neurons.config import build_network, set_threads
+from neurons.config import build_network
 from neurons.data import DatasetConfig, load_dataset
 from neurons.objectives import make_objective
 from neurons.optim import Adam
+from neurons.runtime import configure
 from neurons.train import TrainConfig, fit
 
 
@@ -167,27 +173,55 @@ def run_torch(w: Workload, ds, epochs: int, threads: int, seed: int = 0) -> floa
     return float(np.mean(secs))
 
 
+def _child(side: str, key: str, threads: int | None, epochs: int, limit: int | None) -> dict:
+    """Run one side of one workload in this (fresh) process; returns seconds per epoch."""
+    n_threads = configure(threads)["numba"]
+    w = WORKLOADS[key]
+    ds = _data(w.dataset, limit)
+    epochs = w.epochs if key == "d" else epochs
+    if side == "ours":
+        run_ours(w, ds, 1 if key != "d" else 2)  # warm-up: numba compilation and caches
+        secs = run_ours(w, ds, epochs)
+    else:
+        run_torch(w, ds, 1 if key != "d" else 2, n_threads)
+        secs = run_torch(w, ds, epochs, n_threads)
+    return {"seconds": secs, "samples": len(ds.x_train), "threads": n_threads}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workloads", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     p.add_argument("--threads", type=int, default=None, help="threads for both (default: all)")
     p.add_argument("--epochs", type=int, default=1, help="epochs timed for a, b, c (mean)")
     p.add_argument("--limit", type=int, default=None, help="training samples (default: all 60k)")
+    p.add_argument("--child", nargs=2, metavar=("SIDE", "WORKLOAD"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    threads = set_threads(args.threads)
-    n_threads = threads["numba"]
+    if args.child:
+        side, key = args.child
+        print(json.dumps(_child(side, key, args.threads, args.epochs, args.limit)))
+        return 0
     rows = []
-    cache: dict[str, object] = {}
-    for key in args.workloads.split(","):
-        w = WORKLOADS[key.strip()]
-        ds = cache.setdefault(w.dataset, _data(w.dataset, args.limit))
-        epochs = w.epochs if key == "d" else args.epochs
-        run_ours(w, ds, 1 if key != "d" else 2)  # warm-up: numba compilation, caches
-        ours = run_ours(w, ds, epochs)
-        theirs = run_torch(w, ds, epochs, n_threads)
-        rows.append((w.key, w.title, len(ds.x_train), ours, theirs))
+    for key in [k.strip() for k in args.workloads.split(",")]:
+        res = {}
+        for side in ("ours", "torch"):
+            cmd = [
+                sys.executable,
+                "-m",
+                "neurons.bench",
+                "--child",
+                side,
+                key,
+                "--epochs",
+                str(args.epochs),
+            ]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
+            cmd += ["--limit", str(args.limit)] if args.limit else []
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            res[side] = json.loads(out.strip().splitlines()[-1])
+        ours, theirs = res["ours"]["seconds"], res["torch"]["seconds"]
+        rows.append((key, WORKLOADS[key].title, res["ours"]["samples"], ours, theirs))
         print(f"  {key}: ours {ours:.3f} s/epoch, torch {theirs:.3f} s/epoch", flush=True)
-    print(f"\nthreads: numba {threads['numba']}, BLAS {threads['blas']}, torch {n_threads}")
+    print(f"\nthreads (numba, BLAS and torch): {res['ours']['threads']}")
     print("| workload | samples | ours s/epoch | PyTorch s/epoch | ours/PyTorch |")
     print("|---|---:|---:|---:|---:|")
     for key, title, n, ours, theirs in rows:

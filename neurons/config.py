@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -467,16 +466,3 @@ def build_experiment(cfg: DictConfig, dataset: Dataset | None = None) -> Experim
         rng=rng,
         classification=dataset.task == "classification",
     )
-
-
-def set_threads(threads: int | None) -> dict[str, int]:
-    """Set numba's and BLAS's thread counts (None = all cores); return what is in force."""
-    import numba
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    n = threads or os.cpu_count() or 1
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n)
-    threadpool_limits(limits=n)
-    blas = [i.get("num_threads", 0) for i in threadpool_info() if i.get("user_api") == "blas"]
-    return {"numba": numba.get_num_threads(), "blas": max(blas) if blas else 0}

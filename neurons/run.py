@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from neurons import __version__
 from neurons import record as rec
-from neurons.config import ConfigError, Experiment, build_experiment, set_threads
+from neurons.config import ConfigError, Experiment, build_experiment
 from neurons.data import DatasetError
 from neurons.layers import BuildError
+from neurons.runtime import configure
 from neurons.train import NonFiniteLoss, TrainState, evaluate, fit
 
 log = logging.getLogger("neurons")
@@ -223,7 +224,7 @@ def run_job(cfg: DictConfig, run_dir: Path, *, progress: bool | None = None) -> 
             cfg = OmegaConf.load(saved)  # the run's own config, so it is reproduced exactly
             cfg.resume = None
         rec.write_status(run_dir, "running", resumed=bool(resume))
-        threads = set_threads(cfg.train.threads)
+        threads = configure(cfg.train.threads)
         exp = build_experiment(cfg)
         state, rows = _restore(exp, run_dir) if resume else (TrainState(), [])
         if resume:
