@@ -140,6 +140,45 @@ def test_help_and_cfg(tmp_path):
     assert "arch: " in p.stdout and "cnn_feedback" in p.stdout
     p = cli("--cfg", "job", "--resolve", "arch=mlp_looping", "arch.passes=3")
     assert "iterations: 2" in p.stdout
+    p = cli("--info")
+    assert "Hydra" in p.stdout and "Config search path" in p.stdout
+
+
+def test_progress_bars_on_a_terminal_only(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    run = tmp_path / "tty"
+    main, child = pty.openpty()
+    # a new pty is 0x0, and tqdm draws nothing into zero columns: give it a real size
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neurons", "dataset=xor", "train.epochs=3", f"hydra.run.dir={run}"],
+        cwd=ROOT,
+        env=ENV,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=child,
+    )
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(main)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, shown
+    assert "batches" in shown and "epochs" in shown  # tqdm drew its bars on the terminal
+    log = (run / "run.log").read_text()
+    assert "epoch 3/3" in log and "batches" not in log and "it/s" not in log
 
 
 def _weights(run: Path) -> dict:

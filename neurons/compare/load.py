@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from neurons.record import METRIC_COLUMNS, METRICS, STATUS, SUMMARY
+
 __all__ = [
     "COMPLETED",
     "METRIC_COLUMNS",
@@ -33,17 +35,6 @@ __all__ = [
 ]
 
 COMPLETED = "completed"
-METRIC_COLUMNS = (
-    "epoch",
-    "step",
-    "seconds",
-    "wall",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-)
 FAMILY_NAMES = {"plain": "FFN", "looping": "COMBINE", "feedback": "COUPLE"}
 FAMILY_RANK = {"plain": 0, "looping": 1, "feedback": 2}
 SKIP_SUFFIX = "w. bypassing skip"
@@ -91,7 +82,7 @@ SUMMARY_COLUMNS = (
     "probes.no_skip.acc",
     "probes.split",
 )
-_MARKERS = (Path(".hydra") / "config.yaml", Path("metrics.csv"), Path("status.json"))
+_MARKERS = (Path(".hydra") / "config.yaml", Path(METRICS), Path(STATUS))
 
 
 class NoRunsError(ValueError):
@@ -326,9 +317,9 @@ def _read_job(path: Path, name: str, sweep: Path) -> _Job:
         job.overrides = _parse_overrides(
             _read_yaml(hydra_dir / "overrides.yaml", job, ".hydra/overrides.yaml")
         )
-    job.metrics = _read_metrics(path / "metrics.csv", job)
-    job.summary = _read_json(path / "summary.json", job, "summary.json")
-    status = _read_json(path / "status.json", job, "status.json")
+    job.metrics = _read_metrics(path / METRICS, job)
+    job.summary = _read_json(path / SUMMARY, job, SUMMARY)
+    status = _read_json(path / STATUS, job, STATUS)
 
     if status is not None and status.get("status"):
         job.status = str(status["status"])

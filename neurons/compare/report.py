@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -64,6 +65,22 @@ def build_command(
     if title:
         args += ["--title", title]
     return shlex.join(args)
+
+
+def sweep_commands(dirs: Sequence[Path | str]) -> list[str]:
+    """The `python -m neurons -m ...` command of each sweep dir, from Hydra's multirun.yaml."""
+    out = []
+    for d in dirs:
+        path = Path(d) / "multirun.yaml"
+        if not path.exists():
+            continue
+        try:
+            cfg = yaml.safe_load(path.read_text()) or {}
+            task = cfg.get("hydra", {}).get("overrides", {}).get("task", []) or []
+        except (yaml.YAMLError, AttributeError):
+            continue
+        out.append(shlex.join(["python", "-m", "neurons", "-m", *map(str, task)]))
+    return out
 
 
 def _task(jobs: pd.DataFrame) -> str:
@@ -185,6 +202,10 @@ def _readme(
     for d in dirs:
         n = int((jobs["sweep"] == str(d)).sum())
         lines.append(f"- `{d.resolve()}` ({n} jobs)")
+    sweeps = sweep_commands(dirs)
+    if sweeps:
+        lines += ["", "The sweep was run with (from its `multirun.yaml`):", "", "```sh", *sweeps]
+        lines += ["```"]
     lines += ["", "Regenerate with:", "", "```sh", command, "```", "", "## Summary", ""]
     lines += [
         md_table,
