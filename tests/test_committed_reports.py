@@ -18,7 +18,7 @@ def test_report_is_complete_and_consistent(name):
     readme = (d / "README.md").read_text()
     assert "python -m neurons -m experiment=" in readme and marker in readme
     assert (
-        f"python -m neurons.compare runs/multirun/" in readme and f"--out compare/{name}" in readme
+        "python -m neurons.compare runs/multirun/" in readme and f"--out compare/{name}" in readme
     )
     for f in [
         "curves_epoch.png",
