@@ -7,6 +7,7 @@ into `self.grads` and returns dx. Shapes exclude the batch axis. No config parsi
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from dataclasses import dataclass, field
@@ -55,8 +56,9 @@ def _pair(v: int | tuple[int, int] | list[int], what: str) -> tuple[int, int]:
     return t  # type: ignore[return-value]
 
 
-class Layer:
-    """Base class. Subclasses set `kind` and implement build/forward/backward."""
+class Layer(abc.ABC):
+    """Base class. Subclasses set `kind` and implement `_build` (if shapes change), forward
+    and backward."""
 
     kind = "layer"
 
@@ -77,11 +79,13 @@ class Layer:
     def _build(self, in_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> Shape:
         return in_shape
 
+    @abc.abstractmethod
     def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        raise NotImplementedError(f"{type(self).__name__}.forward")
+        """x: (N, *in_shape) -> (y: (N, *out_shape), cache for backward)."""
 
+    @abc.abstractmethod
     def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
-        raise NotImplementedError(f"{type(self).__name__}.backward")
+        """Add gscale * parameter gradients into self.grads; return dx."""
 
     def _acc(self, name: str, g: Array, gscale: float) -> None:
         self.grads[name] += g if gscale == 1.0 else g * gscale

@@ -6,6 +6,7 @@ softmax/sigmoid paths take logits for numerical stability. No layers or optimisa
 
 from __future__ import annotations
 
+import abc
 from typing import ClassVar
 
 import numpy as np
@@ -75,7 +76,7 @@ def sigmoid_bce_logits(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]
     return loss, (_sigmoid(z) - y) / (n * k)
 
 
-class Objective:
+class Objective(abc.ABC):
     """Base: `per_sample(pred, target) -> (N,)`, `loss_grad(pred, target) -> (mean, dpred)`.
 
     dpred is the gradient of the batch-MEAN loss (it carries the 1/N). Objectives with
@@ -85,11 +86,13 @@ class Objective:
     name: ClassVar[str] = ""
     fused_activation: ClassVar[str | None] = None
 
+    @abc.abstractmethod
     def per_sample(self, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(N,) loss of each sample."""
 
+    @abc.abstractmethod
     def loss_grad(self, pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
-        raise NotImplementedError
+        """(batch-mean loss, gradient of it w.r.t. pred)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -6,6 +6,7 @@ dict of arrays (savable with `np.savez`). This module knows nothing about layers
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +53,7 @@ def _check_int(owner: str, name: str, value: object, *, lo: int) -> int:
     return int(value)
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class: holds `params` (updated in place), `lr`, the global step `t` and buffers.
 
     `step(grads)` increments `t` once and updates every parameter named in `grads`; parameters
@@ -105,8 +106,9 @@ class Optimizer:
             p = self.params[key]
             self._update(key, p, np.asarray(g, dtype=p.dtype))
 
+    @abc.abstractmethod
     def _update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:
-        raise NotImplementedError
+        """Update parameter `p` (named `key`) in place from its gradient `g`."""
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Flat copy of the state: "t" (0-d int64), "lr" (0-d float64), "<buffer>.<param>"."""
