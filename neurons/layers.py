@@ -228,6 +228,7 @@ class Conv2d(Affine):
     """2-D cross-correlation with stride, zero padding, dilation and optional bias."""
 
     kind = "conv"
+    _backward_kernel = staticmethod(convk.conv2d_backward)
 
     def __init__(
         self,
@@ -247,17 +248,24 @@ class Conv2d(Affine):
         self.dilation = _pair(dilation, "dilation")
         self.bias = bool(bias)
 
+    def _output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        return convk.conv2d_output_shape(
+            hw, self.kernel_size, self.stride, self.padding, self.dilation
+        )
+
+    def _weight_shape(self, c: int) -> Shape:
+        return (self.filters, c, *self.kernel_size)
+
     def _build(self, in_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> Shape:
         c, h, w = _require_image(self, in_shape)
-        kh, kw = self.kernel_size
         try:
-            oh, ow = convk.conv2d_output_shape(
-                (h, w), self.kernel_size, self.stride, self.padding, self.dilation
-            )
+            oh, ow = self._output_hw((h, w))
         except ValueError as e:
             raise BuildError(f"{self.path}: {e} (input {tuple(in_shape)})") from None
-        fan_in, fan_out = c * kh * kw, self.filters * kh * kw
-        self.params["w"] = self._init_weight(rng, (self.filters, c, kh, kw), fan_in, fan_out, dtype)
+        shape = self._weight_shape(c)
+        # PyTorch's fans: dim 1 of the weight is "in" (for deconv that is F), dim 0 is "out"
+        fan_in, fan_out = math.prod(shape[1:]), shape[0] * math.prod(shape[2:])
+        self.params["w"] = self._init_weight(rng, shape, fan_in, fan_out, dtype)
         if self.bias:
             self.params["b"] = np.zeros(self.filters, dtype)
         return (self.filters, oh, ow)
@@ -269,7 +277,7 @@ class Conv2d(Affine):
         )
 
     def _lin_backward(self, dz: Array, cache: Cache, gscale: float) -> Array:
-        dx, dw, db = convk.conv2d_backward(dz, cache)
+        dx, dw, db = self._backward_kernel(dz, cache)
         self._acc("w", dw, gscale)
         if db is not None:
             self._acc("b", db, gscale)
@@ -277,15 +285,15 @@ class Conv2d(Affine):
 
     def describe(self) -> str:
         k = "x".join(map(str, self.kernel_size))
-        return (
-            f"conv({self.filters}, {k}, s{self.stride[0]}, p{self.padding[0]})[{self.activation}]"
-        )
+        geo = f"{self.filters}, {k}, s{self.stride[0]}, p{self.padding[0]}"
+        return f"{self.kind}({geo})[{self.activation}]"
 
 
-class Deconv2d(Affine):
+class Deconv2d(Conv2d):
     """Transposed 2-D convolution (PyTorch ConvTranspose2d semantics), weight (C_in, F, kh, kw)."""
 
     kind = "deconv"
+    _backward_kernel = staticmethod(convk.deconv2d_backward)
 
     def __init__(
         self,
@@ -298,60 +306,22 @@ class Deconv2d(Affine):
         bias: bool = True,
         **kw,
     ) -> None:
-        super().__init__(**kw)
-        self.filters = int(filters)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        super().__init__(filters, kernel_size, stride, padding, dilation, bias, **kw)
         self.output_padding = _pair(output_padding, "output_padding")
-        self.bias = bool(bias)
 
-    def _build(self, in_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> Shape:
-        c, h, w = _require_image(self, in_shape)
-        kh, kw = self.kernel_size
-        try:
-            oh, ow = convk.deconv2d_output_shape(
-                (h, w),
-                self.kernel_size,
-                self.stride,
-                self.padding,
-                self.dilation,
-                self.output_padding,
-            )
-        except ValueError as e:
-            raise BuildError(f"{self.path}: {e} (input {tuple(in_shape)})") from None
-        # PyTorch computes fans of a transposed conv from weight dim 1 as "in": F * kh * kw
-        fan_in, fan_out = self.filters * kh * kw, c * kh * kw
-        self.params["w"] = self._init_weight(rng, (c, self.filters, kh, kw), fan_in, fan_out, dtype)
-        if self.bias:
-            self.params["b"] = np.zeros(self.filters, dtype)
-        return (self.filters, oh, ow)
+    def _output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        return convk.deconv2d_output_shape(
+            hw, self.kernel_size, self.stride, self.padding, self.dilation, self.output_padding
+        )
+
+    def _weight_shape(self, c: int) -> Shape:
+        return (c, self.filters, *self.kernel_size)
 
     def _lin_forward(self, x: Array) -> tuple[Array, Cache]:
         x = x.reshape(x.shape[0], *self.in_shape)
-        return convk.deconv2d_forward(
-            x,
-            self.params["w"],
-            self.params.get("b"),
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.output_padding,
-        )
-
-    def _lin_backward(self, dz: Array, cache: Cache, gscale: float) -> Array:
-        dx, dw, db = convk.deconv2d_backward(dz, cache)
-        self._acc("w", dw, gscale)
-        if db is not None:
-            self._acc("b", db, gscale)
-        return dx
-
-    def describe(self) -> str:
-        k = "x".join(map(str, self.kernel_size))
-        return (
-            f"deconv({self.filters}, {k}, s{self.stride[0]}, p{self.padding[0]})[{self.activation}]"
-        )
+        w, b = self.params["w"], self.params.get("b")
+        s, p, d, op = self.stride, self.padding, self.dilation, self.output_padding
+        return convk.deconv2d_forward(x, w, b, s, p, d, op)
 
 
 class NormDense(Affine):

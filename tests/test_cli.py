@@ -190,7 +190,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     args = [
         "dataset=digits",
         "arch=mlp_feedback",
-        "train.epochs=6",
+        "train.epochs=30",
         "train.batch_size=8",
         "train.threads=1",
         "arch.width=64",
@@ -215,12 +215,12 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     status = json.loads((cut / "status.json").read_text())
     assert status["status"] == "interrupted", status
     _, meta = _weights(cut)
-    assert 2 <= meta["epoch"] < 6
+    assert 2 <= meta["epoch"] < 30
     cli(f"resume={cut}")
     assert json.loads((cut / "status.json").read_text())["status"] == "completed"
     a, ma = _weights(full)
     b, mb = _weights(cut)
-    assert ma["epoch"] == mb["epoch"] == 6 and ma["rng"] == mb["rng"]
+    assert ma["epoch"] == mb["epoch"] == 30 and ma["rng"] == mb["rng"]
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     ca, cb = pd.read_csv(full / "metrics.csv"), pd.read_csv(cut / "metrics.csv")
