@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from neurons.data import Dataset, DatasetConfig, DatasetError, load_dataset
+from neurons.data import Dataset, DatasetConfig, load_dataset
 from neurons.graph import Feedback, Loop, Network, Skip, lsuv_init
 from neurons.layers import (
     Activation,
@@ -427,10 +427,7 @@ def build_experiment(cfg: DictConfig, dataset: Dataset | None = None) -> Experim
     """Validate `cfg`, load the dataset (unless given) and build every object of a run."""
     validate(cfg)
     if dataset is None:
-        try:
-            dataset = load_dataset(dataset_config(cfg))
-        except DatasetError:
-            raise
+        dataset = load_dataset(dataset_config(cfg))
     log.info("dataset %s: %s", dataset.name, dataset.source)
     rng = np.random.default_rng(int(cfg.seed))
     objective_name = resolve_objective(cfg.objective.name, dataset.task)

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 import traceback
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -213,12 +213,8 @@ def run_job(cfg: DictConfig, run_dir: Path, *, progress: bool | None = None) -> 
             saved = run_dir / ".hydra" / "config.yaml"
             if not saved.exists():
                 raise ConfigError(f"resume: {saved} not found; expected a run directory")
-            status = (
-                rec.read_json(run_dir / rec.STATUS).get("status")
-                if (run_dir / rec.STATUS).exists()
-                else None
-            )
-            if status == "completed":
+            status_file = run_dir / rec.STATUS
+            if status_file.exists() and rec.read_json(status_file).get("status") == "completed":
                 log.info("resume: %s already completed; nothing to do", run_dir)
                 return True
             cfg = OmegaConf.load(saved)  # the run's own config, so it is reproduced exactly
@@ -314,7 +310,7 @@ def _progress(show: bool, exp: Experiment, state: TrainState):
         if b % 20 == 0 or b == n:
             batches.set_postfix(loss=f"{loss:.4g}", refresh=False)
 
-    with logging_redirect_tqdm() if show else nullcontext():
+    with logging_redirect_tqdm():
         try:
             yield on_batch
         finally:

@@ -165,6 +165,7 @@ def fit(
     """
     state = state or TrainState()
     es = cfg.early_stopping
+    judge = es or EarlyStopping()  # without early stopping, still track the best val_loss
     n = len(x_train)
     if n == 0:
         raise ValueError("fit: the training split is empty")
@@ -217,14 +218,9 @@ def fit(
             )
         state.epoch = epoch
         improved = False
-        monitor = es.monitor if es else "val_loss"
-        value = row.get(monitor, float("nan"))
-        if evaluated or monitor.startswith("train"):
-            better = (
-                es.better(value, state.best_value)
-                if es
-                else (EarlyStopping(monitor=monitor).better(value, state.best_value))
-            )
+        value = row.get(judge.monitor, float("nan"))
+        if evaluated or judge.monitor.startswith("train"):
+            better = judge.better(value, state.best_value)
             if better:
                 state.best_value, state.best_epoch, state.wait, improved = value, epoch, 0, True
                 if es is not None and es.restore_best:
