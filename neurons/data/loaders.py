@@ -50,6 +50,12 @@ class Dataset:
     target_shift: np.ndarray | None = None
     target_scale: np.ndarray | None = None
     feature_names: list[str] | None = field(default=None, repr=False)
+    # inputs are prepared as `(downsample(x) - x_shift) / x_scale` (train statistics); images
+    # arrive with values in 0..pixel_max (None for tabular data)
+    x_shift: np.ndarray | None = field(default=None, repr=False)
+    x_scale: np.ndarray | None = field(default=None, repr=False)
+    pixel_max: float | None = None
+    raw_shape: tuple[int, ...] | None = None  # one sample as read, before downsample/flatten
 
     @property
     def n_train(self) -> int:
@@ -690,6 +696,10 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         target_shift=None if t_shift is None else np.asarray(t_shift, dtype=np.float32),
         target_scale=None if t_scale is None else np.asarray(t_scale, dtype=np.float32),
         feature_names=raw.feature_names,
+        x_shift=np.asarray(shift, dtype=np.float32),
+        x_scale=np.asarray(div, dtype=np.float32),
+        pixel_max=raw.pixel_max,
+        raw_shape=tuple(int(d) for d in x_tr.shape[1:]),
     )
     log.info(
         "dataset %s: %d train / %d val / %d test, shape %s, from %s",
