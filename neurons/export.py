@@ -171,7 +171,7 @@ class _Builder:
 
     def emit(self, layer: Layer, x: _Sym) -> _Sym:
         where = layer.path or layer.kind
-        out = tuple(layer.out_shape)
+        out = ("N", *layer.out_shape)
         if isinstance(layer, Dense | NormDense):
             x = self.to_shape(x, (math.prod(layer.in_shape),))  # (N, D_in)
             if isinstance(layer, NormDense):
@@ -217,7 +217,7 @@ class _Builder:
                 strides=list(layer.stride),
             )
         if isinstance(layer, Reshape):  # also Flatten
-            return self.to_shape(x, out)
+            return self.to_shape(x, tuple(layer.out_shape))
         if isinstance(layer, Dropout):
             return x  # identity at inference
         if isinstance(layer, BatchNorm):
