@@ -85,8 +85,11 @@ def read_image(path: Path, p: Predictor) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = im.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
+            if im.size != (w, h):  # shrink by area averaging (as dataset.downsample does)
+                shrink = im.size[0] >= w and im.size[1] >= h
+                im = im.resize(
+                    (w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+                )
             a = np.asarray(im, dtype=np.float32)  # (H, W) or (H, W, 3), 0..255
     except OSError as e:
         raise InputError(f"{path}: not a readable image ({e})") from None
