@@ -74,6 +74,7 @@ class _Builder:
         self.inits: dict[str, Any] = {}
         self.n = 0
         self.prefix = {id(ly): p for p, ly in net.unique_layers()}
+        self.float32 = TensorProto.FLOAT
         self.elem = TensorProto.DOUBLE if net.dtype == np.float64 else TensorProto.FLOAT
 
     # -- plumbing
@@ -185,6 +186,11 @@ class _Builder:
                 if "b" in layer.params:
                     z = self.node("Add", [z.name, self.param(layer, "b")], out, "bias")
             return self._finish_affine(layer, z)
+        if isinstance(layer, Conv2d | NormConv2d) and self.elem != self.float32:
+            raise ExportError(
+                f"{where}: train.dtype=float64 with a {layer.kind} layer: onnxruntime has no "
+                f"float64 Conv/ConvTranspose kernel; export a float32 run (or use safetensors)"
+            )
         if isinstance(layer, NormConv2d):
             x = self.to_shape(x, layer.in_shape)
             w = self.param(layer, "w")
@@ -269,13 +275,16 @@ def build_onnx(p: Predictor, probe: str = "none") -> Any:
     if np.any(prep.scale != 1):
         x = b.node("Div", [x.name, b.const("preprocess.scale", prep.scale)], x.shape, "scale")
     x = b.to_shape(x, net.input_shape)
+    if b.elem != TensorProto.FLOAT:  # preprocessing runs in float32, the network in its dtype
+        x = b.node("Cast", [x.name], x.shape, "cast", to=b.elem)
     y, _ = net._run(x, b)  # the engine's own control flow, on symbols
     y = b.to_shape(y, net.output_shape)
     if net.head is not None:
         y = b.activation(y, net.head, None)
     if not p.classification and prep.target_scale is not None and prep.target_shift is not None:
-        y = b.node("Mul", [y.name, b.const("postprocess.target_scale", prep.target_scale)], y.shape)
-        y = b.node("Add", [y.name, b.const("postprocess.target_shift", prep.target_shift)], y.shape)
+        t_scale, t_shift = (a.astype(net.dtype) for a in (prep.target_scale, prep.target_shift))
+        y = b.node("Mul", [y.name, b.const("postprocess.target_scale", t_scale)], y.shape)
+        y = b.node("Add", [y.name, b.const("postprocess.target_shift", t_shift)], y.shape)
     out_name = "probabilities" if p.classification else "outputs"
     b.nodes.append(helper.make_node("Identity", [y.name], [out_name], name=out_name))
     outputs = [helper.make_tensor_value_info(out_name, b.elem, ["N", *net.output_shape])]
@@ -289,7 +298,7 @@ def build_onnx(p: Predictor, probe: str = "none") -> Any:
     graph = helper.make_graph(
         b.nodes,
         f"neurons_{p.card.arch.get('name', 'model')}",
-        [helper.make_tensor_value_info("input", b.elem, ["N", *prep.raw_shape])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *prep.raw_shape])],
         outputs,
         initializer=list(b.inits.values()),
     )

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from neurons.config import build_network, resolve_objective
 from neurons.data import load_dataset
-from neurons.export import IR_VERSION, OPSET, build_onnx
+from neurons.export import IR_VERSION, OPSET, ExportError, build_onnx
 from neurons.graph import MERGES
 from neurons.inference import ModelCard, Predictor, Preprocessing
 from neurons.kernels.activations import ACTIVATIONS
@@ -48,11 +48,13 @@ def raw_samples(name: str, n: int = 64) -> np.ndarray:
     return x[idx]
 
 
-def predictor(arch: dict, name: str, objective: str = "auto", seed: int = 0, **dkw) -> Predictor:
+def predictor(
+    arch: dict, name: str, objective: str = "auto", dtype: str = "float32", **dkw
+) -> Predictor:
     ds = dataset(name, **dkw)
     obj = resolve_objective(objective, ds.task)
-    rng = np.random.default_rng(seed)
-    net = build_network(arch, ds.sample_shape, ds.n_outputs, ds.task, obj, rng)
+    rng = np.random.default_rng(0)
+    net = build_network(arch, ds.sample_shape, ds.n_outputs, ds.task, obj, rng, dtype)
     for _, layer in net.unique_layers():  # zero-initialised biases and fresh BN stats hide bugs
         for k in ("b", "beta", "gamma"):
             if k in layer.params:
@@ -66,7 +68,7 @@ def predictor(arch: dict, name: str, objective: str = "auto", seed: int = 0, **d
             layer.buffers["running_var"][...] = rng.uniform(
                 0.5, 2.0, layer.buffers["running_var"].shape
             )
-    card = ModelCard(arch, ds.sample_shape, ds.n_outputs, ds.task, obj, "float32", ds.classes, name)
+    card = ModelCard(arch, ds.sample_shape, ds.n_outputs, ds.task, obj, dtype, ds.classes, name)
     prep = Preprocessing.of_dataset(ds, dkw.get("downsample", 1), dkw.get("flatten", False))
     return Predictor(net, card, Path(f"{arch.get('name', 'arch')}"), preprocessing=prep)
 
@@ -260,3 +262,12 @@ def test_bce_sigmoid_head():
     p = predictor(arch, "iris", objective="bce")
     assert p.network.head == "sigmoid"
     check(p, "iris")
+
+
+def test_float64_networks():
+    p = predictor(preset("mlp_feedback", "arch.skip=true"), "iris", dtype="float64")
+    model = check(p, "iris")
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    cnn = predictor(preset("cnn_plain"), "digits", dtype="float64")
+    with pytest.raises(ExportError, match=r"arch.layers\[0\]: train.dtype=float64"):
+        build_onnx(cnn)

@@ -320,6 +320,19 @@ def test_not_a_model(tmp_path):
         load_model(tmp_path)
 
 
+def test_prediction_and_export_never_import_hydra(runs, tmp_path):
+    code = (
+        "import sys, numpy as np\n"
+        "from neurons.inference import load_model\n"
+        "from neurons.export import build_onnx\n"
+        f"p = load_model({str(runs['iris'])!r})\n"
+        "p.predict(np.ones((2, 4), np.float32)); p.evaluate('test'); build_onnx(p)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'hydra'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_console_entry_points_end_to_end(runs, tmp_path):
     """`python -m neurons.predict` / `python -m neurons.export` as a user runs them."""
