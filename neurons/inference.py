@@ -49,6 +49,7 @@ class Preprocessing:
     target_shift: np.ndarray | None = None
     target_scale: np.ndarray | None = None
     description: str = ""
+    feature_names: list[str] | None = None  # tabular data: the columns a CSV input may name
 
     def __call__(self, x: np.ndarray, what: str = "input") -> np.ndarray:
         """Raw samples (N, *raw_shape) (or flat (N, prod)) -> network inputs (N, *input_shape)."""
@@ -91,6 +92,7 @@ class Preprocessing:
             "target_shift": arr(self.target_shift),
             "target_scale": arr(self.target_scale),
             "description": self.description,
+            "feature_names": self.feature_names,
         }
 
     @classmethod
@@ -111,6 +113,7 @@ class Preprocessing:
             target_shift=arr(d.get("target_shift")),
             target_scale=arr(d.get("target_scale")),
             description=str(d.get("description", "")),
+            feature_names=None if d.get("feature_names") is None else list(d["feature_names"]),
         )
 
     @classmethod
@@ -127,6 +130,7 @@ class Preprocessing:
             target_shift=ds.target_shift,
             target_scale=ds.target_scale,
             description=ds.preprocessing,
+            feature_names=None if ds.feature_names is None else list(ds.feature_names),
         )
 
 

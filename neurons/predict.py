@@ -36,26 +36,35 @@ def read_npy(path: Path) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def read_csv(path: Path) -> np.ndarray:
-    """Numeric rows; a first row that is not numeric is taken as a header and skipped."""
+def read_csv(path: Path, feature_names: list[str] | None = None) -> np.ndarray:
+    """Numeric rows. A first row that is not numeric is a header: when it names every one of
+    the run's feature columns (`feature_names`), those columns are taken in the run's order and
+    the others (labels, ids, targets) ignored; otherwise the header is skipped."""
     try:
         with path.open(newline="") as f:
             rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read ({e})") from None
+    cols: list[int] | None = None
     if rows and not all(_is_number(c) for c in rows[0]):
+        header = [c.strip() for c in rows[0]]
         rows = rows[1:]
+        if feature_names and all(n in header for n in feature_names):
+            cols = [header.index(n) for n in feature_names]
     if not rows:
         raise InputError(f"{path}: no data rows")
     width = len(rows[0])
-    out = np.empty((len(rows), width), dtype=np.float32)
+    use = cols if cols is not None else list(range(width))
+    out = np.empty((len(rows), len(use)), dtype=np.float32)
     for i, r in enumerate(rows):
         if len(r) != width:
-            raise InputError(f"{path}: line {i + 1} has {len(r)} columns, expected {width}")
-        for j, c in enumerate(r):
-            if not _is_number(c):
-                raise InputError(f"{path}: line {i + 1}, column {j + 1}: {c!r} is not a number")
-            out[i, j] = float(c)
+            raise InputError(f"{path}: data row {i + 1} has {len(r)} columns, expected {width}")
+        for j, c in enumerate(use):
+            if not _is_number(r[c]):
+                raise InputError(
+                    f"{path}: data row {i + 1}, column {c + 1}: {r[c]!r} is not a number"
+                )
+            out[i, j] = float(r[c])
     return out
 
 
@@ -107,7 +116,7 @@ def read_inputs(paths: list[Path], p: Predictor) -> np.ndarray:
         if suffix == ".npy":
             x = read_npy(path)
         elif suffix == ".csv":
-            x = read_csv(path)
+            x = read_csv(path, p.preprocessing.feature_names)
         elif suffix in IMAGE_SUFFIXES:
             x = read_image(path, p)[None]
         else:

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from neurons import tensorfile
-from neurons.export import export_safetensors
+from neurons.export import build_onnx, export_safetensors
 from neurons.export import main as export_main
 from neurons.inference import CheckpointError, load_model
 from neurons.predict import main as predict_main
@@ -131,6 +131,15 @@ def test_predict_json_from_npy_and_csv(runs, tmp_path, capsys):
     (tmp_path / "x.csv").write_text(csv + "\n")
     code, out2, _ = run_predict(capsys, run, tmp_path / "x.csv", "--json")
     assert code == 0 and json.loads(out2) == res
+    # a header naming the run's feature columns: they are picked by name, in the run's order
+    names = p.preprocessing.feature_names
+    assert names is not None and len(names) == 4
+    order = [3, 0, 2, 1]
+    lines = ["id,species," + ",".join(names[k] for k in order)]
+    lines += [f"{i},setosa," + ",".join(f"{row[k]:.1f}" for k in order) for i, row in enumerate(x)]
+    (tmp_path / "named.csv").write_text("\n".join(lines) + "\n")
+    code, out3, _ = run_predict(capsys, run, tmp_path / "named.csv", "--json")
+    assert code == 0 and json.loads(out3) == res
     code, human, _ = run_predict(capsys, run, tmp_path / "x.npy")
     classes = p.classes
     assert human.splitlines()[0].startswith(f"[0]: {classes[res['predictions'][0]]} (p=")
@@ -212,6 +221,16 @@ def test_safetensors_round_trip_predicts_identically(runs, tmp_path):
         np.testing.assert_array_equal(
             r.outputs(x, preprocessed=True), q.outputs(x, preprocessed=True)
         )
+    # the export carries the preprocessing: raw inputs and ONNX work from it alone
+    raw = iris_raw()
+    q = load_model(tmp_path / "iris.safetensors")
+    np.testing.assert_array_equal(q.predict_proba(raw), load_model(runs["iris"]).predict_proba(raw))
+    sess = ort.InferenceSession(
+        build_onnx(q).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    np.testing.assert_allclose(sess.run(None, {"input": raw})[0], q.predict_proba(raw), atol=1e-5)
+    with pytest.raises(CheckpointError, match="no dataset config"):
+        q.evaluate("test")
 
 
 def test_export_cli_onnx_of_a_trained_run_equals_predict(runs, tmp_path, capsys):
