@@ -60,6 +60,16 @@ def runs(tmp_path_factory):
             "train.epochs=1",
             "dataset.normalize=standardize",
         ),
+        "best": train(  # diverges after epoch 4: restore_best keeps an earlier epoch
+            base / "best",
+            "dataset=iris",
+            "dataset.val_split=0.2",
+            "train.epochs=8",
+            "optimizer.lr=0.2",
+            "train.early_stopping.enabled=true",
+            "train.early_stopping.restore_best=true",
+            "train.early_stopping.patience=10",
+        ),
         "reg": train(
             base / "reg",
             "arch=mlp_plain",
@@ -102,6 +112,20 @@ def test_split_evaluation_reproduces_summary(runs, name, capsys):
         acc = f"acc {summary['test']['acc']:.4f}"
         assert out.startswith("test: loss") and acc in out
         assert load_model(run).evaluate("test")["acc"] == summary["test"]["acc"]
+
+
+def test_a_run_that_restored_its_best_epoch_loads_best(runs):
+    run = runs["best"]
+    summary = read_json(run / "summary.json")
+    assert summary["best"]["epoch"] < summary["epochs_run"]
+    p = load_model(run)
+    assert p.checkpoint == run / "checkpoints" / "best.npz"
+    val, test = p.evaluate("val"), p.evaluate("test")
+    assert val["loss"] == pytest.approx(summary["best"]["val_loss"], rel=1e-12)
+    assert val["acc"] == summary["best"]["val_acc"]
+    assert test["acc"] == summary["test"]["acc"]
+    last = load_model(run / "checkpoints" / "last.npz").evaluate("val")
+    assert last["loss"] == pytest.approx(summary["final"]["val_loss"], rel=1e-12)
 
 
 def test_probe_split_reproduces_the_runs_probes(runs):
@@ -374,7 +398,17 @@ def test_console_entry_points_end_to_end(runs, tmp_path):
     summary = read_json(run / "summary.json")
     res = json.loads(cli("neurons.predict", run, "--split", "test", "--json"))
     assert res["acc"] == summary["test"]["acc"]
-    out = Path(cli("neurons.export", run, "--format", "onnx", "--out", tmp_path / "m.onnx").strip())
+    script = Path(sys.executable).parent / "neurons-export"  # the console script
+    p = subprocess.run(
+        [str(script), str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    out = Path(p.stdout.strip())
     pred = json.loads(cli("neurons.predict", run, tmp_path / "x.npy", "--json"))
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     probs, _ = sess.run(None, {"input": iris_raw(4)})
