@@ -216,6 +216,7 @@ class Predictor:
         preprocessing: Preprocessing | None = None,
         config: DictConfig | None = None,
         checkpoint: Path | None = None,
+        dataset: Any = None,
     ) -> None:
         self.network = network
         self.card = card
@@ -223,7 +224,7 @@ class Predictor:
         self.checkpoint = checkpoint or source
         self.config = config
         self._preprocessing = preprocessing
-        self._dataset: Any = None
+        self._dataset: Any = dataset  # the run's Dataset, loaded on first need
 
     # -- facts
     @property
@@ -465,9 +466,7 @@ def _load_run(run: Path, ckpt: Path | None) -> Predictor:
     if not state:
         raise CheckpointError(f"{ckpt}: holds no model.* arrays (not a neurons checkpoint)")
     apply_state(net, state, ckpt)
-    p = Predictor(net, card, run, config=cfg, checkpoint=ckpt)
-    p._dataset = dataset
-    return p
+    return Predictor(net, card, run, config=cfg, checkpoint=ckpt, dataset=dataset)
 
 
 def _load_safetensors(path: Path) -> Predictor:
