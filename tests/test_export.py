@@ -102,9 +102,17 @@ ARCHES = sorted(p.stem for p in (CONF / "arch").glob("*.yaml"))
 def test_every_preset_matches_onnxruntime(arch):
     skip = [] if arch.endswith("plain") else ["arch.skip=true"]
     if arch.startswith("cnn"):
-        check(predictor(preset(arch, *skip), "digits"), "digits")
+        model = check(predictor(preset(arch, *skip), "digits"), "digits")
     else:
-        check(predictor(preset(arch, *skip), "iris", normalize="standardize"), "iris")
+        model = check(predictor(preset(arch, *skip), "iris", normalize="standardize"), "iris")
+    ops = [n.op_type for n in model.graph.node if n.op_type in ("Conv", "MatMul")]
+    weights = [i for i in model.graph.initializer if i.name.endswith(".w")]
+    if "looping" in arch or "feedback" in arch:  # unrolled passes reuse one initializer each
+        assert len(ops) > len(weights)
+    else:
+        assert len(ops) == len(weights)
+    if "skip" in arch or skip:
+        assert "Add" in {n.op_type for n in model.graph.node}
 
 
 @pytest.mark.parametrize("arch", ["mlp_looping", "mlp_feedback", "cnn_looping", "cnn_feedback"])
