@@ -328,6 +328,16 @@ def test_tampered_checkpoint_names_the_file(runs, tmp_path):
     assert str(st) in str(e.value)
 
 
+def test_a_config_with_python_tags_is_refused_without_running_them(runs, tmp_path):
+    run = _copy_run(runs["iris"], tmp_path / "r")
+    marker = tmp_path / "pwned"
+    cfg = run / ".hydra" / "config.yaml"
+    cfg.write_text(f'x: !!python/object/apply:os.system ["touch {marker}"]\n' + cfg.read_text())
+    with pytest.raises(CheckpointError, match="unreadable config") as e:
+        load_model(run)
+    assert str(cfg) in str(e.value) and not marker.exists()
+
+
 class _Evil:
     def __init__(self, path: str) -> None:
         self.path = path
