@@ -263,6 +263,10 @@ def test_export_cli_onnx_of_a_trained_run_equals_predict(runs, tmp_path, capsys)
     assert export_main([str(run / "checkpoints" / "last.npz"), "--format", "safetensors"]) == 0
     assert (run / "checkpoints" / "model.safetensors").is_file()
     capsys.readouterr()
+    assert export_main([str(run), "--format", "safetensors", "--probe", "no_skip"]) == 1
+    assert "--probe: applies to --format onnx only" in capsys.readouterr().err
+    assert export_main([str(tmp_path / "nope"), "--format", "onnx"]) == 1
+    assert "nope: no such file or run directory" in capsys.readouterr().err
     p = load_model(run)
     from sklearn.datasets import load_digits
 
