@@ -33,7 +33,7 @@ def _p(p: float) -> str:
 
 def _seeds(n: float) -> str:
     if not np.isfinite(n):
-        return "more than 1000" if n == math.inf else "–"
+        return "> 1000" if n == math.inf else "–"
     return str(int(n))
 
 
@@ -60,8 +60,8 @@ def summary_text(
     m = int(comparison["m"].max())
     lines = []
     how = (
-        "paired by seed (every variant ran the same seeds as the baseline, so the seed's effect,"
-        " shared by all variants, cancels out: paired t-test, Wilcoxon signed-rank)"
+        "paired by seed (every variant ran the same seeds as the baseline, so whatever a seed"
+        " does to all variants alike cancels out: paired t-test, Wilcoxon signed-rank)"
         if paired_all
         else "paired by seed where a variant ran exactly the baseline's seeds, unpaired (Welch's"
         " t-test, Mann-Whitney U) elsewhere"
@@ -125,17 +125,22 @@ def summary_text(
     mr = comparison["min_rank_p"].dropna() if "min_rank_p" in comparison else pd.Series()
     if len(mr) and float(mr.min()) * m >= settings.alpha:
         test = "Wilcoxon signed-rank" if paired_all else "rank"
+        least = float(mr.min())
+        why = (
+            f"above {settings.alpha:g} even before the correction"
+            if least >= settings.alpha
+            else f"too large to survive Holm over {m} comparisons"
+        )
         caveats.append(
-            f"With {n_base} runs the {test} test cannot reach significance after Holm (its"
-            f" smallest possible p-value is {_p(float(mr.min()))}, times up to {m}); it is"
-            " reported as a robustness check only."
+            f"With {n_base} runs the smallest p-value the {test} test can give is {_p(least)},"
+            f" {why}; it is a robustness check here, not a second chance."
         )
     for metric in primary:
         if not metric.endswith("acc"):
             continue
         n_val = pd.to_numeric(jobs.get("dataset.n_val"), errors="coerce")
         n_val = n_val[np.isfinite(n_val) & (n_val > 0)] if n_val is not None else []
-        if len(n_val):
+        if len(n_val) and float(np.max(n_val)) <= 1000:  # coarse: a sample is >= 0.1 points
             step = 1.0 / float(np.max(n_val))
             caveats.append(
                 f"Accuracy on {int(np.max(n_val))} validation samples moves in steps of"
@@ -148,23 +153,32 @@ def summary_text(
 
 
 def comparison_markdown(comparison: pd.DataFrame, metrics: list[str]) -> str:
-    """A Markdown table of the differences to the baseline, one row per metric x variant."""
-    head = (
-        "| Metric | Model | Runs | Δ vs baseline | 95% CI | test | p (Holm) | rank p (Holm) |"
-        " effect | verdict | seeds needed (Holm) |"
-    )
-    lines = [head, "|---|---|---:|---:|---|---|---:|---:|---:|---|---:|"]
+    """Markdown tables of the differences to the baseline: per metric a bold heading line and one
+    row per variant."""
+    out = []
     for metric in metrics:
         sub = comparison[comparison["metric"] == metric] if not comparison.empty else comparison
+        if sub.empty:
+            continue
+        r0 = sub.iloc[0]
+        out += [
+            f"**{METRIC_LABELS.get(metric, metric)}** ({r0['direction']}; baseline"
+            f" {r0['baseline']}, {int(r0['n_baseline'])} runs)",
+            "",
+            "| Model | Runs | Δ vs baseline | 95% CI | test | p (Holm) | rank p (Holm) | effect |"
+            " verdict | seeds needed (Holm) |",
+            "|---|---:|---:|---|---|---:|---:|---:|---|---:|",
+        ]
         for r in sub.itertuples():
-            lines.append(
-                f"| {_label(metric)} | {r.variant} | {r.n} | {_num(r.diff, True)} |"
+            out.append(
+                f"| {r.variant} | {r.n} | {_num(r.diff, True)} |"
                 f" [{_num(r.ci_low, True)}, {_num(r.ci_high, True)}] | {r.test} |"
                 f" {_p(r.p)} ({_p(r.p_holm)}) | {_p(r.p_rank)} ({_p(r.p_rank_holm)}) |"
                 f" {r.effect_kind} {_num(r.effect, True)} | {r.verdict} |"
                 f" {_seeds(r.seeds_needed)} ({_seeds(r.seeds_needed_holm)}) |"
             )
-    return "\n".join(lines) + "\n"
+        out.append("")
+    return "\n".join(out)
 
 
 def stats_markdown(vstats: pd.DataFrame, metrics: list[str]) -> str:

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
@@ -208,10 +209,9 @@ def learning_curves(
         top = row_top.get(ri, -np.inf)
         if band is None or not np.isfinite(top):
             continue
-        if metric.endswith("acc") and top <= 1.0:
-            axes[ri, 0].set_ylim(top=1.02)
-        elif top > 0:
-            axes[ri, 0].set_ylim(top=1.1 * top)
+        cap = 1.02 if metric.endswith("acc") and top <= 1.0 else 1.1 * top if top > 0 else None
+        if cap is not None and axes[ri, 0].get_ylim()[1] > cap:
+            axes[ri, 0].set_ylim(top=cap)
     handles: dict[str, object] = {}
     for ax in axes.flat:
         for line in ax.lines:
@@ -306,7 +306,7 @@ def forest_plot(
     metrics = [m for m in metrics if not comparison.empty and (comparison["metric"] == m).any()]
     n_rows = 0 if comparison.empty else int(comparison["variant"].nunique())
     fig = Figure(
-        figsize=(4.0 * max(len(metrics), 1) + 2.2, 0.36 * n_rows + 1.6), layout="constrained"
+        figsize=(4.4 * max(len(metrics), 1) + 2.2, 0.36 * n_rows + 1.6), layout="constrained"
     )
     axes = fig.subplots(1, max(len(metrics), 1), sharey=True, squeeze=False)[0]
     if not metrics:
@@ -334,6 +334,16 @@ def forest_plot(
         )
         ax.set_title(("paired by seed" if paired else "unpaired") + ", 95% CI", fontsize="small")
         ax.grid(axis="x", alpha=0.4)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    keys = [("tab:green", "better"), ("tab:red", "worse"), ("tab:gray", "no detectable difference")]
+    fig.legend(
+        [Line2D([], [], color=c, marker="o", linewidth=2.0) for c, _ in keys],
+        [k for _, k in keys],
+        loc="outside lower center",
+        ncols=3,
+        fontsize="small",
+        frameon=False,
+    )
     axes[0].set_yticks([ypos[v] for v in variants], variants)
     axes[0].set_ylim(-0.7, len(variants) - 0.3)
     if title:

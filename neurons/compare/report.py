@@ -444,7 +444,14 @@ def _readme(
         lines += ["", "The sweep was run with (from its `multirun.yaml`):", "", "```sh", *sweeps]
         lines += ["```"]
     if made_with:
-        lines += ["", "The report was made from the sweep with:", "", "```sh", made_with, "```"]
+        lines += [
+            "",
+            "The report was first made from the sweep with:",
+            "",
+            "```sh",
+            made_with,
+            "```",
+        ]
     lines += [
         "",
         "Regenerate it from its own committed tables (`jobs.csv`, `curves.csv`, `report.json`),"
