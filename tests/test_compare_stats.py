@@ -263,7 +263,9 @@ def test_variant_stats_and_incomplete_runs_left_out():
     assert vs.loc["FFN", "n"] == 3 and vs.loc["FFN", "mean"] == pytest.approx(0.81)
     assert vs.loc["FFN", "std"] == pytest.approx(np.std([0.8, 0.82, 0.81], ddof=1))
     lo, hi = bootstrap_ci(np.array([0.8, 0.82, 0.81]))
-    assert (vs.loc["FFN", "ci_low"], vs.loc["FFN", "ci_high"]) == pytest.approx((float(lo), float(hi)))
+    assert (vs.loc["FFN", "ci_low"], vs.loc["FFN", "ci_high"]) == pytest.approx(
+        (float(lo), float(hi))
+    )
     assert "BCa bootstrap of the mean, 9999 resamples" in vs.loc["FFN", "ci_method"]
 
 

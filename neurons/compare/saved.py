@@ -61,9 +61,14 @@ def display_path(path: Path | str, anchor: Path | str) -> str:
     return f"{p.name} (outside the repository)"
 
 
+# Floats must read back exactly as written for a regenerated report to match: pandas 3 parses
+# round-trip by default (and deprecates the option), pandas 2 needs it asked for.
+_EXACT = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, float_precision="round_trip", low_memory=False)
+        return pd.read_csv(path, low_memory=False, **_EXACT)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path.name} in {path.parent} is not a readable table: {e}") from e
 
