@@ -66,13 +66,23 @@ def summary_text(
         else "paired by seed where a variant ran exactly the baseline's seeds, unpaired (Welch's"
         " t-test, Mann-Whitney U) elsewhere"
         if paired_any
-        else "unpaired (Welch's t-test, Mann-Whitney U): the variants do not share their seeds"
+        else "unpaired (Welch's t-test, Mann-Whitney U), as the variants did not run the same"
+        " set of seeds"
+        if settings.pairing == "auto"
+        else "unpaired (Welch's t-test, Mann-Whitney U), as asked (--pairing off)"
     )
-    lines.append(
-        f"Every variant is compared with the baseline **{baseline}** ({n_base} runs); tests are"
-        f" {how}, Holm-corrected over the {m} comparisons per metric, at the"
-        f" {settings.alpha:.0%} level."
-    )
+    runs = f"{n_base} run" + ("" if n_base == 1 else "s")
+    if m == 0:
+        lines.append(
+            f"Every variant is compared with the baseline **{baseline}** ({runs}), but a test"
+            " needs at least 2 usable runs of each variant: run more seeds."
+        )
+    else:
+        lines.append(
+            f"Every variant is compared with the baseline **{baseline}** ({runs}); tests are"
+            f" {how}, Holm-corrected over the {m} comparisons per metric, at the"
+            f" {settings.alpha:.0%} level."
+        )
     lines.append("")
     for metric in primary:
         sub = comparison[comparison["metric"] == metric]
@@ -161,9 +171,10 @@ def comparison_markdown(comparison: pd.DataFrame, metrics: list[str]) -> str:
         if sub.empty:
             continue
         r0 = sub.iloc[0]
+        nb = int(r0["n_baseline"])
         out += [
             f"**{METRIC_LABELS.get(metric, metric)}** ({r0['direction']}; baseline"
-            f" {r0['baseline']}, {int(r0['n_baseline'])} runs)",
+            f" {r0['baseline']}, {nb} run{'' if nb == 1 else 's'})",
             "",
             "| Model | Runs | Δ vs baseline | 95% CI | test | p (Holm) | rank p (Holm) | effect |"
             " verdict | seeds needed (Holm) |",

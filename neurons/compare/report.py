@@ -365,6 +365,7 @@ def write_report_frames(
         made_with=made_with,
         regenerate=regenerate,
         base=path_base(out)[1],
+        has_comparison=not comparison.empty,
         summary=summary_text(comparison, vstats, jobs, primary, settings),
         comparison_md=comparison_markdown(comparison, primary),
         stats_md=stats_markdown(vstats, metrics),
@@ -399,6 +400,7 @@ def _readme(
     made_with: str | None,
     regenerate: str,
     base: str,
+    has_comparison: bool,
     summary: str,
     comparison_md: str,
     stats_md: str,
@@ -419,20 +421,26 @@ def _readme(
         "## In short",
         "",
         summary,
-        comparison_md,
-        "Δ = variant − baseline (mean of the per-seed differences when paired). 95% CI: t"
-        " interval of that difference (Welch–Satterthwaite when unpaired). p: two-sided t-test"
-        " (paired or Welch), in brackets Holm-corrected over the variants compared on that metric;"
-        " rank p: Wilcoxon signed-rank (paired) or Mann–Whitney U, likewise. Effect: d_z = mean"
-        " difference / sd of the differences (paired) or Hedges' g (unpaired). Verdict from the"
-        f" Holm-corrected t-test at {settings.alpha:g}. Seeds needed: runs per variant for a"
-        f" two-sided t-test to detect the observed effect with {settings.power:.0%} power"
-        f" (noncentral t), at {settings.alpha:g} and, in brackets, at {settings.alpha:g}/m (m ="
-        " comparisons per metric), which survives Holm. Every metric: `comparison.md`,"
-        " `comparison.csv`.",
-        "",
-        f"![{forest_caption}](forest.png)",
-        "",
+    ]
+    if has_comparison:
+        lines += [
+            comparison_md,
+            "Δ = variant − baseline (mean of the per-seed differences when paired). 95% CI: t"
+            " interval of that difference (Welch–Satterthwaite when unpaired). p: two-sided"
+            " t-test (paired or Welch), in brackets Holm-corrected over the variants compared on"
+            " that metric; rank p: Wilcoxon signed-rank (paired) or Mann–Whitney U, likewise."
+            " Seeds needed – : no observed difference to detect. Effect: d_z = mean"
+            " difference / sd of the differences (paired) or Hedges' g (unpaired). Verdict from the"
+            f" Holm-corrected t-test at {settings.alpha:g}. Seeds needed: runs per variant for a"
+            f" two-sided t-test to detect the observed effect with {settings.power:.0%} power"
+            f" (noncentral t), at {settings.alpha:g} and, in brackets, at {settings.alpha:g}/m (m ="
+            " comparisons per metric), which survives Holm. Every metric: `comparison.md`,"
+            " `comparison.csv`.",
+            "",
+            f"![{forest_caption}](forest.png)",
+            "",
+        ]
+    lines += [
         "## Sources",
         "",
         "Generated from:",
