@@ -29,10 +29,20 @@ def test_report_is_complete_and_consistent(name):
         "summary.tex",
         "curves.csv",
         "jobs.csv",
+        "forest.png",
+        "stats.csv",
+        "comparison.csv",
+        "comparison.md",
+        "report.json",
     ]:
         assert (d / f).stat().st_size > 0, f
         if f.endswith(".png"):
             assert f in readme
+    # the README opens with the generated summary and says how to regenerate from the tables
+    assert readme.index("## In short") < readme.index("## Sources") < readme.index("## Summary")
+    assert "no variant differs detectably" in readme or "than FFN" in readme
+    assert "seeds per variant" in readme or "than FFN" in readme
+    assert f"python -m neurons.compare compare/{name}\n" in readme
     jobs = pd.read_csv(d / "jobs.csv")
     curves = pd.read_csv(d / "curves.csv")
     table = pd.read_csv(d / "summary.csv")

@@ -473,6 +473,11 @@ REPORT_FILES = {
     "summary.tex",
     "curves.csv",
     "jobs.csv",
+    "forest.png",
+    "stats.csv",
+    "comparison.csv",
+    "comparison.md",
+    "report.json",
 }
 
 
@@ -502,8 +507,10 @@ def test_cli_writes_report(sweep, capsys):
     assert "12_mlp_feedback_s3" in readme and "FloatingPointError" in readme
     assert "13_mlp_plain_s3" in readme and "running" in readme
     assert "stopped early" in readme
-    assert str(root.resolve()) in readme
-    assert f"python -m neurons.compare {root} --out {out}" in readme
+    # paths relative to the report folder (no repository around tmp_path), never absolute
+    assert str(root.parent) not in readme and str(root.parent) not in (out / "jobs.csv").read_text()
+    assert "- `..` (14 jobs)" in readme
+    assert "python -m neurons.compare .. --out .\n" in readme
     assert "| FFN |" in readme and "ddof=1" in readme
     assert (out / "summary.md").read_text() in readme
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left

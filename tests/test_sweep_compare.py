@@ -82,4 +82,5 @@ def test_real_sweep_then_compare(tmp_path):
                 row["probes.no_feedback.loss.mean"], s["probes"]["no_feedback"]["loss"]
             )
     readme = (out / "README.md").read_text()
-    assert "curves_epoch.png" in readme and str(sweep) in readme
+    assert "curves_epoch.png" in readme and "`../sweep` (4 jobs)" in readme
+    assert str(tmp_path) not in readme  # sources named relative to the report, never absolute

@@ -4,8 +4,21 @@ Reads run directories only (never imports the training code); `python -m neurons
 """
 
 from .load import load_runs
-from .plots import final_metric, learning_curves
-from .report import write_report
+from .plots import final_metric, forest_plot, learning_curves
+from .report import make_report, write_report
+from .saved import load_report
+from .stats import compare_to_baseline, variant_stats
 from .tables import summary_table
 
-__all__ = ["final_metric", "learning_curves", "load_runs", "summary_table", "write_report"]
+__all__ = [
+    "compare_to_baseline",
+    "final_metric",
+    "forest_plot",
+    "learning_curves",
+    "load_report",
+    "load_runs",
+    "make_report",
+    "summary_table",
+    "variant_stats",
+    "write_report",
+]

@@ -7,6 +7,7 @@ the training code and never writes. It also holds the variant naming, ordering a
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -21,6 +22,8 @@ import pandas as pd
 import yaml
 
 from neurons.record import METRIC_COLUMNS, METRICS, STATUS, SUMMARY
+
+from .integrity import metrics_damage
 
 __all__ = [
     "COMPLETED",
@@ -230,6 +233,7 @@ class _Job:
     status: str = "unknown"
     error: str | None = None
     problems: list[str] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)  # why its numbers cannot be trusted
     base: tuple | None = None  # (family, passes, skip) from the arch config
     fields: dict = field(default_factory=dict)
 
@@ -264,11 +268,13 @@ def _read_metrics(path: Path, job: _Job) -> pd.DataFrame | None:
         job.problems.append("metrics.csv missing")
         return None
     try:
-        m = pd.read_csv(path)
+        text = path.read_text(encoding="utf-8")
+        job.damage += metrics_damage(text)
+        m = pd.read_csv(io.StringIO(text))
     except pd.errors.EmptyDataError:
         job.problems.append("metrics.csv empty")
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and pandas' ParserError included
         job.problems.append(f"metrics.csv unreadable: {_one_line(e)}")
         return None
     missing = [c for c in METRIC_COLUMNS if c not in m.columns]
@@ -338,11 +344,31 @@ def _read_job(path: Path, name: str, sweep: Path) -> _Job:
             f"summary.json says {job.summary.get('status')!r}, status.json {job.status!r}"
         )
 
+    _judge_damage(job)
     arch = job.config.get("arch")
     if isinstance(arch, dict) and "family" in arch:
         passes = _as_int(arch.get("passes"))
         job.base = (str(arch["family"]), passes if passes is not None else 1, _as_bool(arch))
     return job
+
+
+def _judge_damage(job: _Job) -> None:
+    """Add to `job.damage` what makes its records untrustworthy: any unreadable file, and for a
+    run that says it completed, a missing config, metrics or summary file, or a summary whose
+    epoch count disagrees with the metrics rows."""
+    bad = ("unreadable", "is not a JSON object", "metrics.csv lacks")
+    job.damage += [p for p in job.problems if any(b in p for b in bad)]
+    if job.status != COMPLETED:
+        return
+    needed = (".hydra/config.yaml missing", "metrics.csv missing", "metrics.csv empty")
+    job.damage += [p for p in job.problems if p in needed or p == "metrics.csv has no rows"]
+    if job.summary is None and not any(SUMMARY in p for p in job.damage):
+        job.damage.append("summary.json missing")
+    epochs_run = _as_int(job.summary.get("epochs_run")) if job.summary else None
+    if epochs_run is not None and job.metrics is not None and epochs_run != len(job.metrics):
+        job.damage.append(
+            f"summary.json says {epochs_run} epochs, metrics.csv holds {len(job.metrics)}"
+        )
 
 
 def _as_bool(arch: dict) -> bool:
@@ -511,6 +537,10 @@ def load_runs(dirs: Iterable[Path | str] | Path | str) -> tuple[pd.DataFrame, pd
       ``probes.*``, ``dataset.*``, ...), then ``choice.*`` and config columns. ``problem`` is a
       "; "-joined list of what is missing or wrong ("" when fine). A completed job without a
       summary gets its final/best/epochs fields from ``metrics.csv``.
+    * ``damaged`` / ``damage``: the job's records cannot be trusted (a ``metrics.csv`` cut
+      mid-write or with unparsable rows, an unreadable file, or a completed run missing its
+      config, metrics or summary) and why. ``complete`` is False for a damaged job, so it is
+      never averaged in.
 
     Both frames carry ``attrs["varied"]``: the override keys whose values differ across jobs.
     Raises ``FileNotFoundError`` for a missing directory and ``NoRunsError`` when a directory
@@ -551,7 +581,7 @@ def load_runs(dirs: Iterable[Path | str] | Path | str) -> tuple[pd.DataFrame, pd
         configured = _as_int(_dig(j.config, "train", "epochs"))
         n_epochs = 0 if j.metrics is None else len(j.metrics)
         epochs_run = _as_int(summ.get("epochs_run"))
-        complete = j.status == COMPLETED
+        complete = j.status == COMPLETED and not j.damage
         row = {
             **ident,
             "path": str(j.path),
@@ -566,6 +596,8 @@ def load_runs(dirs: Iterable[Path | str] | Path | str) -> tuple[pd.DataFrame, pd
             ),
             "n_epochs": n_epochs,
             "problem": "; ".join(j.problems),
+            "damaged": bool(j.damage),
+            "damage": "; ".join(dict.fromkeys(j.damage)),
             **summ,
             **choices,
         }
