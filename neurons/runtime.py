@@ -53,8 +53,9 @@ def set_threads(threads: int | None) -> dict[str, int | str]:
     Returns what is in force and the rule that chose it (recorded in summary.json).
     """
     import numba
-    from neurons.numba_cache import install_compile_lock
     from threadpoolctl import threadpool_info, threadpool_limits
+
+    from neurons.numba_cache import install_compile_lock
 
     install_compile_lock()
     if threads:
