@@ -3,8 +3,8 @@
 `run_sweep_job` wraps `neurons.run.run_job` for one job of `python -m neurons -m`: it picks the
 job's default thread count from the launcher (cores ÷ parallel jobs), honours `+sweep_resume=true`
 (skip `completed`, resume `interrupted`, re-run `failed` only with `+sweep_rerun_failed=true`),
-writes the job's outcome to `<sweep dir>/.neurons-jobs/` and returns the monitored metric (what
-Optuna optimises). `SweepCallback` runs in the launching process: it collects every job's outcome
+writes the job's outcome to `<sweep dir>/.neurons-job-<num>.json` and returns the monitored
+metric (what Optuna optimises). `SweepCallback` runs in the launching process: it collects every job's outcome
 (so the exit code is right even when jobs ran in other processes) and writes an Optuna search's
 `trials.csv` and `best.json`. Nothing here trains; the run itself stays in `neurons.run`.
 """
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -31,7 +32,8 @@ from neurons.runtime import cores, set_job_default
 log = logging.getLogger("neurons")
 
 SWEEP_KEYS = ("sweep_resume", "sweep_rerun_failed")
-OUTCOMES = ".neurons-jobs"  # hidden: `neurons.compare` does not read it as a job
+OUTCOME = ".neurons-job-{num}.json"  # in the sweep dir; hidden files, so no job dir is added
+SWEEP_OUTCOMES = ".neurons-sweep.json"
 PREVIOUS = ".previous"  # a re-run failed job's old records, moved aside
 TRIALS = "trials.csv"
 BEST = "best.json"
@@ -210,7 +212,7 @@ def _write_outcome(run_dir: Path, hc: Any, outcome: dict[str, Any]) -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **outcome,
     }
-    rec.write_json(sweep_dir / OUTCOMES / f"{int(hc.job.num)}.json", body)
+    rec.write_json(sweep_dir / OUTCOME.format(num=int(hc.job.num)), body)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -222,11 +224,11 @@ def _rel(path: Path, root: Path) -> str:
 
 # --------------------------------------------------------------------------------- the sweep
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every job's outcome in `sweep_dir`: the jobs' own records (`.neurons-jobs/`), plus job
+    """Every job's outcome in `sweep_dir`: the jobs' own records (`.neurons-job-*.json`), plus job
     directories with a status.json and no outcome (their process died), sorted by job number."""
     sweep_dir = Path(sweep_dir)
     jobs: dict[str, dict[str, Any]] = {}
-    for p in sorted((sweep_dir / OUTCOMES).glob("*.json")):
+    for p in sorted(sweep_dir.glob(OUTCOME.format(num="*"))):
         try:
             o = rec.read_json(p)
         except (OSError, ValueError):
@@ -286,7 +288,7 @@ def write_search_results(sweep_dir: Path, jobs: list[dict[str, Any]], config: Di
         "direction": dirn,
         "monitor": best["monitor"],
         "value": best["value"],
-        "params": {k: best[k] for k in keys},
+        "params": {k: yaml.safe_load(str(best[k])) for k in keys},
         "trial": best["trial"],
         "job": best["job"],
         "trials": len(rows),
@@ -310,7 +312,7 @@ class SweepCallback(Callback):
         target = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
         if "optuna" in target.lower():
             write_search_results(sweep_dir, jobs, config)
-        rec.write_json(sweep_dir / OUTCOMES / "sweep.json", {"jobs": jobs})
+        rec.write_json(sweep_dir / SWEEP_OUTCOMES, {"jobs": jobs})
         bad = [o for o in jobs if o.get("status") != "completed"]
         log.info("sweep: %d of %d jobs completed in %s", len(jobs) - len(bad), len(jobs), sweep_dir)
 

@@ -8,6 +8,7 @@ file in the target folder and moved into place with `os.replace`.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shlex
 import tempfile
@@ -206,6 +207,7 @@ def _readme(
     if sweeps:
         lines += ["", "The sweep was run with (from its `multirun.yaml`):", "", "```sh", *sweeps]
         lines += ["```"]
+    lines += _search_lines(dirs)
     lines += ["", "Regenerate with:", "", "```sh", command, "```", "", "## Summary", ""]
     lines += [
         md_table,
@@ -228,6 +230,9 @@ def _readme(
     if bad.empty:
         lines += ["None: every job completed.", ""]
     else:
+        counts = ", ".join(f"{n} {k}" for k, n in bad["status"].value_counts().sort_index().items())
+        names = ", ".join(f"`{j}`" for j in bad["job"])
+        lines += [f"{len(bad)} of {len(jobs)} jobs did not complete ({counts}): {names}.", ""]
         lines += [
             "| job | variant | seed | status | epochs logged | error |",
             "|---|---|---|---|---:|---|",
@@ -259,3 +264,20 @@ def _readme(
         "",
     ]
     return "\n".join(lines)
+
+
+def _search_lines(dirs: Sequence[Path]) -> list[str]:
+    """One line per hyper-parameter search among `dirs` (its `best.json`, see neurons.sweep)."""
+    lines = []
+    for d in dirs:
+        try:
+            best = json.loads((Path(d) / "best.json").read_text())
+            params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+            lines.append(
+                f"- Search: best {best['monitor']} {best['value']:.6g} ({best['direction']}) at"
+                f" trial {best['trial']} of {best['trials']}: {params}; every trial in"
+                f" `{Path(d).name}/trials.csv`."
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return ["", *lines] if lines else []

@@ -1,0 +1,269 @@
+"""Sweeps at scale through the real CLI: parallel and submitit_local launchers (per-job threads),
+failure isolation and exit codes under every launcher, a killed sweep resumed, a seeded Optuna
+search, and numba's on-disk cache shared by two cold processes compiling at once."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from neurons.runtime import cores
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", "2")}
+IRIS = ("dataset=iris", "arch=mlp_plain", "train.progress=false")
+
+
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "neurons", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
+
+
+def _ok(p: subprocess.CompletedProcess) -> None:
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+
+
+def jobs(sweep: Path) -> dict[str, Path]:
+    return {d.name: d for d in sorted(sweep.iterdir()) if d.is_dir() and d.name[0].isdigit()}
+
+
+def status(job: Path) -> str:
+    return json.loads((job / "status.json").read_text())["status"]
+
+
+def metrics(job: Path) -> list[dict[str, str]]:
+    with (job / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return [{k: v for k, v in r.items() if k not in ("seconds", "wall")} for r in rows]
+
+
+@pytest.mark.parametrize(
+    "launcher,threads",
+    [
+        (("hydra/launcher=parallel", "hydra.launcher.n_jobs=2"), max(1, cores() // 2)),
+        (("hydra/launcher=submitit_local",), 1),
+        (("hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=2"), 2),
+    ],
+    ids=["parallel", "submitit_local", "submitit_local-cpus2"],
+)
+def test_four_job_sweep_with_per_job_threads(launcher, threads, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = cli("-m", *IRIS, *launcher, "train.epochs=2", "seed=0,1,2,3", f"hydra.sweep.dir={sweep}")
+    _ok(p)
+    found = jobs(sweep)
+    assert len(found) == 4
+    for job in found.values():
+        s = json.loads((job / "summary.json").read_text())
+        assert s["status"] == "completed"
+        want = min(threads, int(ENV["NUMBA_NUM_THREADS"]))
+        assert s["threads"]["numba"] == want, s["threads"]
+        assert s["threads"]["blas"] in (0, want), s["threads"]  # 0: no BLAS pool reported
+        assert s["threads"]["rule"], s["threads"]
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        (),
+        ("hydra/launcher=parallel", "hydra.launcher.n_jobs=2"),
+        ("hydra/launcher=submitit_local",),
+    ],
+    ids=["basic", "parallel", "submitit_local"],
+)
+def test_a_failing_job_is_isolated_and_named(launcher, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = cli(
+        "-m",
+        "dataset=iris",
+        "arch=mlp_plain,cnn_plain,mlp_skip",  # cnn_plain cannot take Iris' (4,) samples
+        "train.epochs=2",
+        "train.progress=false",
+        *launcher,
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert p.returncode == 1, p.stderr[-3000:]
+    found = jobs(sweep)
+    assert [status(j) for j in found.values()] == ["completed", "failed", "completed"]
+    bad = found["1_cnn_plain_iris_s0"]
+    assert "conv expects a (C, H, W) input" in (bad / "run.log").read_text()
+    assert "1 of 3 job(s) did not complete" in p.stderr, p.stderr
+    assert "1_cnn_plain_iris_s0: failed: " in p.stderr
+    assert "0_mlp_plain" not in p.stderr.split("did not complete")[1]
+
+
+def test_killed_sweep_resumes_each_job_exactly_once(tmp_path):
+    args = [*IRIS, "train.epochs=60", "train.batch_size=8", "train.threads=1", "seed=0,1,2,3"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    _ok(cli("-m", *args, f"hydra.sweep.dir={ref}"))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neurons", "-m", *args, f"hydra.sweep.dir={cut}"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    victim = cut / "1_mlp_plain_iris_s1" / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if victim.exists() and len(victim.read_text().splitlines()) > 10:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
+    before = jobs(cut)
+    assert status(before["0_mlp_plain_iris_s0"]) == "completed"
+    assert status(before["1_mlp_plain_iris_s1"]) == "running"  # killed mid-job
+    assert "3_mlp_plain_iris_s3" not in before
+
+    p = cli("-m", *args, f"hydra.sweep.dir={cut}", "+sweep_resume=true")
+    _ok(p)
+    after, want = jobs(cut), jobs(ref)
+    assert sorted(after) == sorted(want)
+    for name, job in after.items():
+        log = (job / "run.log").read_text()
+        assert log.count("] - completed: ") == 1, (name, log)
+        assert status(job) == "completed"
+        assert metrics(job) == metrics(want[name]), name
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["best"] == json.loads((want[name] / "summary.json").read_text())["best"]
+    assert "already completed; skipped" in (after["0_mlp_plain_iris_s0"] / "run.log").read_text()
+    assert "resuming" in (after["1_mlp_plain_iris_s1"] / "run.log").read_text()
+    overrides = (after["3_mlp_plain_iris_s3"] / ".hydra" / "overrides.yaml").read_text()
+    assert "seed=3" in overrides and "sweep_resume" not in overrides
+
+    # Again: nothing left to do, nothing re-run; the failed-job rule is "kept unless asked".
+    p = cli("-m", *args, f"hydra.sweep.dir={cut}", "+sweep_resume=true")
+    _ok(p)
+    for job in jobs(cut).values():
+        assert (job / "run.log").read_text().count("] - completed: ") == 1
+
+
+def test_resume_reruns_failed_jobs_only_when_asked(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *IRIS, "train.epochs=2", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    _ok(cli(*args))
+    failed = jobs(sweep)["1_mlp_plain_iris_s1"]
+    st = json.loads((failed / "status.json").read_text())
+    (failed / "status.json").write_text(json.dumps({**st, "status": "failed", "error": "boom"}))
+
+    p = cli(*args, "+sweep_resume=true")
+    assert p.returncode == 1 and "1_mlp_plain_iris_s1: failed: boom" in p.stderr, p.stderr
+    assert status(failed) == "failed"
+
+    _ok(cli(*args, "+sweep_resume=true", "+sweep_rerun_failed=true"))
+    assert status(failed) == "completed"
+    old = json.loads((failed / ".previous" / "1" / "status.json").read_text())
+    assert old["error"] == "boom"
+    assert (jobs(sweep)["0_mlp_plain_iris_s0"] / "run.log").read_text().count("completed: ") == 1
+
+
+def test_optuna_search_is_seeded_and_writes_best_params(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        sweep = tmp_path / name
+        p = cli(
+            "-m",
+            "hparams_search=iris_mlp",
+            "hydra.sweeper.n_trials=6",
+            "train.epochs=4",
+            "train.threads=1",
+            "train.progress=false",
+            f"hydra.sweep.dir={sweep}",
+        )
+        _ok(p)
+        with (sweep / "trials.csv").open() as f:
+            trials = list(csv.DictReader(f))
+        best = json.loads((sweep / "best.json").read_text())
+        runs.append((trials, best))
+        assert len(trials) == 6 and {t["status"] for t in trials} == {"completed"}
+        assert best["direction"] == "minimize" and best["monitor"] == "val_loss"
+        assert best["value"] == min(float(t["value"]) for t in trials)
+        assert set(best["params"]) == {"optimizer.lr", "arch.width"}
+        assert best["params"]["arch.width"] in (8, 16, 32, 64)
+        assert len({t["optimizer.lr"] for t in trials}) == 6  # the sampler really varied lr
+        assert (sweep / "optimization_results.yaml").exists()
+    assert runs[0] == runs[1]
+
+    report = tmp_path / "report"
+    p = subprocess.run(
+        [sys.executable, "-m", "neurons.compare", str(tmp_path / "a"), "--out", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    text = (report / "README.md").read_text()
+    assert "6 jobs, 6 completed" in text
+    assert "Search: best val_loss" in text
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    import numpy as np
+    from neurons.runtime import configure
+    configure(1)  # installs the compile lock, as every run does
+    from neurons.kernels import naive, pool
+    go = Path(sys.argv[1])
+    while not go.exists():
+        time.sleep(0.01)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y, _ = pool.maxpool2d_forward(x, 2, 2)
+    ref, _ = naive.maxpool2d_forward_naive(x, 2, 2)
+    st = pool._max_fwd.stats
+    print(json.dumps({"hits": sum(st.cache_hits.values()), "misses": sum(st.cache_misses.values()),
+                      "same": bool(np.array_equal(y, ref))}))
+    """
+)
+
+
+def test_two_cold_jobs_share_the_numba_cache_without_recompiling(tmp_path):
+    env = {**ENV, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    go = tmp_path / "go"
+
+    def start():
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(go)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    procs = [start(), start()]
+    time.sleep(4)  # both imported and waiting: they compile at the same moment
+    go.touch()
+    out = []
+    for pr in procs:
+        stdout, stderr = pr.communicate(timeout=300)
+        assert pr.returncode == 0, stderr
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert all(o["same"] for o in out)
+    assert sorted(o["misses"] for o in out) == [0, 1], out  # one compiled, one loaded its result
+    assert sorted(o["hits"] for o in out) == [0, 1], out
+    third = start()
+    stdout, stderr = third.communicate(timeout=300)
+    assert third.returncode == 0, stderr
+    assert json.loads(stdout.strip().splitlines()[-1]) == {"hits": 1, "misses": 0, "same": True}
