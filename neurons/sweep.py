@@ -1,12 +1,12 @@
 """Sweeps under any Hydra launcher or sweeper: per-job threads, sweep resume, outcomes, search.
 
 `run_sweep_job` wraps `neurons.run.run_job` for one job of `python -m neurons -m`: it picks the
-job's default thread count from the launcher (cores ÷ parallel jobs), honours `+sweep_resume=true`
+job's default threads from the launcher (cores ÷ parallel jobs), honours `+sweep_resume=true`
 (skip `completed`, resume `interrupted`, re-run `failed` only with `+sweep_rerun_failed=true`),
 writes the job's outcome to `<sweep dir>/.neurons-job-<num>.json` and returns the monitored
-metric (what Optuna optimises). `SweepCallback` runs in the launching process: it collects every job's outcome
-(so the exit code is right even when jobs ran in other processes) and writes an Optuna search's
-`trials.csv` and `best.json`. Nothing here trains; the run itself stays in `neurons.run`.
+metric (what Optuna optimises). `SweepCallback` runs in the launching process: it collects every
+job's outcome (so the exit code is right even when jobs ran in other processes) and writes an
+Optuna search's `trials.csv` and `best.json`. Nothing here trains; the run stays in neurons.run.
 """
 
 from __future__ import annotations
