@@ -94,55 +94,53 @@ def test_direction_follows_early_stopping():
     ],
     ids=["parallel", "submitit_local"],
 )
-def test_four_job_sweep_with_per_job_threads(launcher, threads, tmp_path):
-    sweep = tmp_path / "sweep"
-    p = cli("-m", *IRIS, *launcher, "train.epochs=2", "seed=0,1,2,3", f"hydra.sweep.dir={sweep}")
-    _ok(p)
-    found = jobs(sweep)
-    assert len(found) == 4
-    for job in found.values():
-        s = json.loads((job / "summary.json").read_text())
-        assert s["status"] == "completed"
-        want = min(threads, int(ENV["NUMBA_NUM_THREADS"]))
-        assert s["threads"]["numba"] == want, s["threads"]
-        assert s["threads"]["blas"] in (0, want), s["threads"]  # 0: no BLAS pool reported
-        assert s["threads"]["rule"], s["threads"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "launcher",
-    [
-        (),
-        ("hydra/launcher=parallel", "hydra.launcher.n_jobs=2"),
-        ("hydra/launcher=submitit_local",),
-    ],
-    ids=["basic", "parallel", "submitit_local"],
-)
-def test_a_failing_job_is_isolated_and_named(launcher, tmp_path):
+def test_four_job_sweep_threads_and_one_forced_failure(launcher, threads, tmp_path):
+    """4 jobs, the third forced to fail (cnn_plain cannot take Iris' (4,) samples): the other
+    three complete with their share of the cores, the command exits 1 naming the failed job."""
     sweep = tmp_path / "sweep"
     p = cli(
         "-m",
-        "dataset=iris",
-        "arch=mlp_plain,cnn_plain",  # cnn_plain cannot take Iris' (4,) samples
-        "train.epochs=2",
-        "train.progress=false",
+        *IRIS,
         *launcher,
+        "arch=mlp_plain,mlp_skip,cnn_plain,mlp_feedback",
+        "train.epochs=2",
         f"hydra.sweep.dir={sweep}",
     )
     assert p.returncode == 1, p.stderr[-3000:]
     found = jobs(sweep)
-    assert [status(j) for j in found.values()] == ["completed", "failed"]
-    bad = found["1_cnn_plain_iris_s0"]
+    assert [status(j) for j in found.values()] == ["completed", "completed", "failed", "completed"]
+    want = min(threads, int(ENV["NUMBA_NUM_THREADS"]))
+    for name, job in found.items():
+        if name.startswith("2_"):
+            continue
+        s = json.loads((job / "summary.json").read_text())
+        assert s["threads"]["numba"] == want, s["threads"]
+        assert s["threads"]["blas"] in (0, want), s["threads"]  # 0: no BLAS pool reported
+        assert s["threads"]["rule"], s["threads"]
+    _failure_named(p, found["2_cnn_plain_iris_s0"], "2_cnn_plain_iris_s0", 4)
+
+
+def _failure_named(p: subprocess.CompletedProcess, bad: Path, name: str, total: int) -> None:
     assert "conv expects a (C, H, W) input" in (bad / "run.log").read_text()
-    assert "1 of 2 job(s) did not complete" in p.stderr, p.stderr
-    assert "1_cnn_plain_iris_s0: failed: " in p.stderr
+    assert json.loads((bad / "status.json").read_text())["status"] == "failed"
+    assert f"1 of {total} job(s) did not complete" in p.stderr, p.stderr
+    assert f"{name}: failed: " in p.stderr
     assert "0_mlp_plain" not in p.stderr.split("did not complete")[1]
 
 
 @pytest.mark.slow
+def test_a_failing_job_is_isolated_and_named_basic_launcher(tmp_path):
+    sweep = tmp_path / "sweep"
+    p = cli("-m", *IRIS, "arch=mlp_plain,cnn_plain", "train.epochs=2", f"hydra.sweep.dir={sweep}")
+    assert p.returncode == 1, p.stderr[-3000:]
+    found = jobs(sweep)
+    assert [status(j) for j in found.values()] == ["completed", "failed"]
+    _failure_named(p, found["1_cnn_plain_iris_s0"], "1_cnn_plain_iris_s0", 2)
+
+
+@pytest.mark.slow
 def test_killed_sweep_resumes_each_job_exactly_once(tmp_path):
-    args = [*IRIS, "train.epochs=60", "train.batch_size=8", "train.threads=1", "seed=0,1,2,3"]
+    args = [*IRIS, "train.epochs=40", "train.batch_size=8", "train.threads=1", "seed=0,1,2,3"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     _ok(cli("-m", *args, f"hydra.sweep.dir={ref}"))
 
