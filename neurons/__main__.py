@@ -42,6 +42,10 @@ def _job(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    bad = sweep.check_resume_args(sys.argv[1:])
+    if bad:
+        print(f"neurons: {bad}", file=sys.stderr)
+        sys.exit(2)
     try:
         _job()
     except KeyboardInterrupt:

@@ -317,6 +317,20 @@ class SweepCallback(Callback):
         log.info("sweep: %d of %d jobs completed in %s", len(jobs) - len(bad), len(jobs), sweep_dir)
 
 
+def check_resume_args(argv: list[str]) -> str | None:
+    """An error message when `+sweep_resume=true` is not given an existing sweep directory (it
+    would otherwise start the whole sweep over in a new one); None when all is well."""
+    flags = {a.split("=", 1)[0].lstrip("+"): a.split("=", 1)[1] for a in argv if "=" in a}
+    if str(flags.get("sweep_resume", "false")).lower() not in ("true", "1", "yes"):
+        return None
+    where = flags.get("hydra.sweep.dir")
+    if where is None:
+        return "sweep_resume: expected hydra.sweep.dir=<the sweep's directory>, found none"
+    if not Path(where).is_dir():
+        return f"sweep_resume: expected hydra.sweep.dir to be an existing sweep, found {where!r}"
+    return None
+
+
 def describe_failures(failed: list[dict[str, Any]], sweep_dir: Path | None, total: int) -> str:
     """The one message `python -m neurons -m` prints when jobs failed."""
     where = f" in {sweep_dir}" if sweep_dir else ""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from neurons.runtime import cores
-from neurons.sweep import direction, job_threads
+from neurons.sweep import check_resume_args, direction, job_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", "2")}
@@ -83,6 +83,14 @@ def test_direction_follows_early_stopping():
     assert direction(True, "val_acc", "auto") == "maximize"
     assert direction(True, "val_loss", "auto") == "minimize"
     assert direction(True, "train_loss", "max") == "maximize"
+
+
+def test_sweep_resume_needs_an_existing_sweep_dir(tmp_path):
+    assert check_resume_args(["-m", "seed=0,1"]) is None
+    assert "found none" in check_resume_args(["-m", "+sweep_resume=true"])
+    missing = f"hydra.sweep.dir={tmp_path / 'nope'}"
+    assert "existing sweep" in check_resume_args(["+sweep_resume=true", missing])
+    assert check_resume_args(["+sweep_resume=true", f"hydra.sweep.dir={tmp_path}"]) is None
 
 
 @pytest.mark.slow
