@@ -1,7 +1,8 @@
 """`python -m neurons`: the Hydra entry point (the only module that imports `hydra.main`).
 
-Composes conf/ into a config, hands it to `neurons.run.run_job` with the run directory, and
-exits non-zero when a run (or any job of a sweep) failed; failing jobs do not stop a sweep.
+Composes conf/ into a config, hands it to `neurons.run.run_job` (a sweep's jobs through
+`neurons.sweep.run_sweep_job`) and exits non-zero when a run, or any job of a sweep under any
+launcher, failed, naming the jobs; failing jobs do not stop a sweep.
 """
 
 from __future__ import annotations
