@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from neurons.runtime import cores
 from neurons.sweep import check_resume_args, direction, job_threads
@@ -305,3 +306,23 @@ def test_two_cold_jobs_share_the_numba_cache_without_recompiling(tmp_path):
     stdout, stderr = third.communicate(timeout=300)
     assert third.returncode == 0, stderr
     assert json.loads(stdout.strip().splitlines()[-1]) == {"hits": 1, "misses": 0, "same": True}
+
+
+def test_slurm_preset_is_complete_and_overridable():
+    p = cli(
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=7",
+        "hydra.launcher.cpus_per_task=3",
+        "hydra.launcher.mem_gb=5",
+        "hydra.launcher.array_parallelism=9",
+        "--cfg",
+        "hydra",
+        "-p",
+        "hydra.launcher",
+    )
+    _ok(p)
+    got = yaml.safe_load(p.stdout)
+    assert got["_target_"].endswith("SlurmLauncher")
+    want = {"partition": "gpu", "timeout_min": 7, "cpus_per_task": 3, "mem_gb": 5}
+    assert {k: got[k] for k in want} == want and got["array_parallelism"] == 9
