@@ -1,7 +1,8 @@
 """`python -m neurons`: the Hydra entry point (the only module that imports `hydra.main`).
 
-Composes conf/ into a config, hands it to `neurons.run.run_job` with the run directory, and
-exits non-zero when a run (or any job of a sweep) failed; failing jobs do not stop a sweep.
+Composes conf/ into a config, hands it to `neurons.run.run_job` (a sweep's jobs through
+`neurons.sweep.run_sweep_job`) and exits non-zero when a run, or any job of a sweep under any
+launcher, failed, naming the jobs; failing jobs do not stop a sweep.
 """
 
 from __future__ import annotations
@@ -14,33 +15,47 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from neurons import sweep
 from neurons.config import register_resolvers
 from neurons.schema import register_schema
 
 register_resolvers()
 register_schema()
+sweep.register_sweep_resolvers()
 _failed: list[str] = []
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _job(cfg: DictConfig) -> None:
+def _job(cfg: DictConfig) -> float | None:
     from neurons.run import run_job
 
     hc = HydraConfig.get()
     if cfg.get("resume") and str(hc.mode) == "RunMode.MULTIRUN":
         logging.getLogger("neurons").error("resume: cannot be combined with --multirun")
         _failed.append("resume")
-        return
+        return None
     run_dir = Path(hc.runtime.output_dir)
+    if str(hc.mode) == "RunMode.MULTIRUN":  # outcomes collected by neurons.sweep.SweepCallback
+        return sweep.run_sweep_job(cfg, run_dir, hc)
     if not run_job(cfg, run_dir):
         _failed.append(str(run_dir))
+    return sweep.monitored_value(run_dir)
 
 
 def main() -> None:
+    bad = sweep.check_resume_args(sys.argv[1:])
+    if bad:
+        print(f"neurons: {bad}", file=sys.stderr)
+        sys.exit(2)
     try:
         _job()
     except KeyboardInterrupt:
         sys.exit(130)
+    failed = sweep.failed_jobs()
+    if failed:
+        msg = sweep.describe_failures(failed, sweep.collected_sweep_dir(), sweep.total_jobs())
+        print(msg, file=sys.stderr)
+        sys.exit(1)
     if _failed:
         print(
             f"neurons: {len(_failed)} run(s) failed; see status.json in: " + ", ".join(_failed),

@@ -82,6 +82,11 @@ def _run_dir(resume: str | None = None) -> str:
     return f"runs/{stamp}-{secrets.token_hex(3)}"  # unique even within one second
 
 
+def _output_subdir(resume: str | None = None, sweep_resume: bool = False) -> str | None:
+    """`.hydra`, or None (Hydra writes nothing) when resuming a run or a sweep (neurons.sweep)."""
+    return None if resume or sweep_resume else ".hydra"
+
+
 def register_resolvers() -> None:
     """Resolvers used in conf/: `${sub:a,b}`, `${uid:}`, `${neurons_run_dir:${resume}}`, ..."""
     reg = OmegaConf.register_new_resolver
@@ -92,7 +97,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("neurons_run_dir"):
         reg("neurons_run_dir", _run_dir, use_cache=True)
     if not OmegaConf.has_resolver("neurons_output_subdir"):
-        reg("neurons_output_subdir", lambda resume=None: None if resume else ".hydra")
+        reg("neurons_output_subdir", _output_subdir)
 
 
 register_resolvers()

@@ -30,20 +30,49 @@ def tune_allocator() -> bool:
         return False
 
 
-def set_threads(threads: int | None) -> dict[str, int]:
-    """Set numba's and BLAS's thread counts (None = all cores); return what is in force."""
+_job_default: tuple[int, str] | None = None
+
+
+def cores() -> int:
+    """Cores this process may run on (its CPU affinity: a SLURM allocation, `taskset`)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
+def set_job_default(threads: int | None, rule: str | None = None) -> None:
+    """Thread count used when `train.threads` is null (set per job by a parallel launcher)."""
+    global _job_default
+    _job_default = (int(threads), rule or f"{threads} threads") if threads else None
+
+
+def set_threads(threads: int | None) -> dict[str, int | str]:
+    """Set numba's and BLAS's thread counts (None = the job default, else all cores).
+
+    Returns what is in force and the rule that chose it (recorded in summary.json).
+    """
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    n = threads or os.cpu_count() or 1
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    from neurons.numba_cache import install_compile_lock
+
+    install_compile_lock()
+    if threads:
+        rule = "train.threads"
+    elif _job_default is not None:
+        threads, rule = _job_default
+    else:
+        threads = cores()
+        rule = f"all {threads} cores"
+    n = min(threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
     threadpool_limits(limits=n)
     blas = [i.get("num_threads", 0) for i in threadpool_info() if i.get("user_api") == "blas"]
-    return {"numba": numba.get_num_threads(), "blas": max(blas) if blas else 0}
+    return {"numba": numba.get_num_threads(), "blas": max(blas) if blas else 0, "rule": rule}
 
 
-def configure(threads: int | None) -> dict[str, int]:
-    """Threads plus allocator tuning; returns the thread counts in force."""
+def configure(threads: int | None) -> dict[str, int | str]:
+    """Threads plus allocator tuning (and numba's compile lock); returns the threads in force."""
     tune_allocator()
     return set_threads(threads)

@@ -371,6 +371,7 @@ def write_report_frames(
         stats_md=stats_markdown(vstats, metrics),
         settings=settings,
         band=band,
+        search=_search_lines(dirs),
     )
     _write_text(out / "README.md", readme)
     return out
@@ -406,6 +407,7 @@ def _readme(
     stats_md: str,
     settings: Settings,
     band: str,
+    search: list[str],
 ) -> str:
     complete = jobs["complete"].astype(bool)
     damaged = jobs["damaged"].astype(bool) if "damaged" in jobs else pd.Series(False, jobs.index)
@@ -460,6 +462,7 @@ def _readme(
             made_with,
             "```",
         ]
+    lines += search
     lines += [
         "",
         "Regenerate it from its own committed tables (`jobs.csv`, `curves.csv`, `report.json`),"
@@ -520,6 +523,9 @@ def _readme(
     if bad.empty:
         lines += ["None: every job completed.", ""]
     else:
+        counts = ", ".join(f"{n} {k}" for k, n in bad["status"].value_counts().sort_index().items())
+        names = ", ".join(f"`{j}`" for j in bad["job"])
+        lines += [f"{len(bad)} of {len(jobs)} jobs did not complete ({counts}): {names}.", ""]
         lines += [
             "| job | variant | seed | status | epochs logged | error |",
             "|---|---|---|---|---:|---|",
@@ -556,3 +562,20 @@ def _readme(
         "",
     ]
     return "\n".join(lines)
+
+
+def _search_lines(dirs: Sequence[Path]) -> list[str]:
+    """One line per hyper-parameter search among `dirs` (its `best.json`, see neurons.sweep)."""
+    lines = []
+    for d in dirs:
+        try:
+            best = json.loads((Path(d) / "best.json").read_text())
+            params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+            lines.append(
+                f"- Search: best {best['monitor']} {best['value']:.6g} ({best['direction']}) at"
+                f" trial {best['trial']} of {best['trials']}: {params}; every trial in"
+                f" `{Path(d).name}/trials.csv`."
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return ["", *lines] if lines else []

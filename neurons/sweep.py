@@ -1,0 +1,359 @@
+"""Sweeps under any Hydra launcher or sweeper: per-job threads, sweep resume, outcomes, search.
+
+`run_sweep_job` wraps `neurons.run.run_job` for one job of `python -m neurons -m`: it picks the
+job's default threads from the launcher (cores ÷ parallel jobs), honours `+sweep_resume=true`
+(skip `completed`, resume `interrupted`, re-run `failed` only with `+sweep_rerun_failed=true`),
+writes the job's outcome to `<sweep dir>/.neurons-job-<num>.json` and returns the monitored
+metric (what Optuna optimises). `SweepCallback` runs in the launching process: it collects every
+job's outcome (so the exit code is right even when jobs ran in other processes) and writes an
+Optuna search's `trials.csv` and `best.json`. Nothing here trains; the run stays in neurons.run.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from neurons import record as rec
+from neurons.runtime import cores, set_job_default
+
+log = logging.getLogger("neurons")
+
+SWEEP_KEYS = ("sweep_resume", "sweep_rerun_failed")
+OUTCOME = ".neurons-job-{num}.json"  # in the sweep dir; hidden files, so no job dir is added
+SWEEP_OUTCOMES = ".neurons-sweep.json"
+PREVIOUS = ".previous"  # a re-run failed job's old records, moved aside
+TRIALS = "trials.csv"
+BEST = "best.json"
+_collected: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------------- resolvers
+def direction(enabled: Any, monitor: Any, mode: Any) -> str:
+    """Optuna direction of the metric a run returns (the one early stopping and "best" use)."""
+    if not enabled:  # without early stopping the run tracks the best val_loss
+        return "minimize"
+    mode = str(mode)
+    if mode == "auto":
+        mode = "max" if "acc" in str(monitor) else "min"
+    return "maximize" if mode == "max" else "minimize"
+
+
+def register_sweep_resolvers() -> None:
+    """`${neurons_direction:enabled,monitor,mode}`, used by the conf/hparams_search presets."""
+    if not OmegaConf.has_resolver("neurons_direction"):
+        OmegaConf.register_new_resolver("neurons_direction", direction)
+
+
+# --------------------------------------------------------------------------------- threads
+def job_threads(hc: Any) -> tuple[int | None, str | None]:
+    """Default numba/BLAS threads of one job from its launcher: never more than its share of the
+    cores. None = the launcher runs jobs one at a time (then a job uses every core)."""
+    target = str(hc.launcher.get("_target_", ""))
+    total = cores()
+    if "joblib" in target.lower():
+        n_jobs = int(hc.launcher.get("n_jobs") or -1)
+        par = n_jobs if n_jobs > 0 else max(1, total + 1 + n_jobs)  # joblib: -1 = all cores
+        return max(1, total // par), f"{total} cores / {par} parallel jobs (joblib launcher)"
+    if "submitit" in target.lower():
+        env = os.environ.get("SLURM_CPUS_PER_TASK")
+        if env and env.isdigit() and int(env) > 0:
+            return int(env), f"SLURM_CPUS_PER_TASK={env}"
+        cpt = hc.launcher.get("cpus_per_task")
+        if cpt:
+            return int(cpt), f"hydra.launcher.cpus_per_task={cpt}"
+        if "local" in target.lower():  # every job starts at once
+            return 1, "submitit_local without hydra.launcher.cpus_per_task: 1 thread per job"
+        return total, f"all {total} cores of the allocation"
+    return None, None
+
+
+# --------------------------------------------------------------------------------- one job
+def monitored_value(run_dir: Path) -> float:
+    """The run's best monitored value from summary.json; NaN when it did not complete."""
+    try:
+        summary = rec.read_json(Path(run_dir) / rec.SUMMARY)
+        status = rec.read_json(Path(run_dir) / rec.STATUS).get("status")
+    except (OSError, ValueError):
+        return float("nan")
+    value = (summary.get("best") or {}).get("value")
+    if status != "completed" or value is None:
+        return float("nan")
+    return float(value)
+
+
+def _status(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return rec.read_json(run_dir / rec.STATUS)
+    except (OSError, ValueError):
+        return None
+
+
+def _strip(cfg: DictConfig) -> DictConfig:
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        for k in SWEEP_KEYS:
+            out.pop(k, None)
+    return out
+
+
+def _task_overrides(hc: Any) -> list[str]:
+    keep = []
+    for o in hc.overrides.task:
+        key = str(o).split("=", 1)[0].lstrip("+~")
+        if key not in SWEEP_KEYS:
+            keep.append(str(o))
+    return keep
+
+
+def _write_hydra_dir(cfg: DictConfig, run_dir: Path, hc: Any) -> None:
+    """What Hydra writes into `.hydra/` (it does not under sweep resume, so that the records of
+    jobs that already ran are never overwritten)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = run_dir / ".hydra"
+    rec.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg))
+    rec.write_atomic(out / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
+    rec.write_atomic(out / "overrides.yaml", OmegaConf.to_yaml(_task_overrides(hc)))
+
+
+def _move_aside(run_dir: Path) -> Path:
+    """Move a failed job's records under `.previous/<n>/` so it can start afresh."""
+    n = 1
+    while (run_dir / PREVIOUS / str(n)).exists():
+        n += 1
+    dest = run_dir / PREVIOUS / str(n)
+    dest.mkdir(parents=True)
+    for name in (rec.STATUS, rec.SUMMARY, rec.METRICS, rec.CHECKPOINTS):
+        if (run_dir / name).exists():
+            shutil.move(str(run_dir / name), str(dest / name))
+    return dest
+
+
+def _resume_plan(run_dir: Path, rerun_failed: bool) -> str:
+    """fresh | skip | resume | rerun | keep-failed, from what the job dir holds."""
+    if not (run_dir / ".hydra" / "config.yaml").exists():
+        return "new"
+    st = _status(run_dir)
+    if st is None:
+        return "fresh"  # launched, killed before its first record
+    status = st.get("status")
+    if status == "completed":
+        return "skip"
+    if status in ("interrupted", "running"):  # `running`: its process was killed
+        return "resume" if (run_dir / rec.CHECKPOINTS / rec.LAST).exists() else "rerun"
+    return "rerun" if rerun_failed else "keep-failed"
+
+
+def run_sweep_job(cfg: DictConfig, run_dir: Path, hc: Any) -> float:
+    """One job of a multirun (see the module docstring); returns its monitored metric or NaN."""
+    from neurons.run import run_job
+
+    set_job_default(*job_threads(hc))
+    sweep_resume = bool(cfg.get("sweep_resume"))
+    rerun_failed = bool(cfg.get("sweep_rerun_failed"))
+    cfg = _strip(cfg)
+    outcome: dict[str, Any] = {"status": "interrupted", "error": "interrupted"}
+    try:
+        plan = _resume_plan(run_dir, rerun_failed) if sweep_resume else "fresh"
+        if plan == "new":
+            _write_hydra_dir(cfg, run_dir, hc)
+        if plan == "skip":
+            log.info("sweep resume: %s already completed; skipped", run_dir)
+        elif plan == "keep-failed":
+            log.info(
+                "sweep resume: %s failed before; not re-run (+sweep_rerun_failed=true)", run_dir
+            )
+        elif plan == "resume":
+            st = _status(run_dir) or {}
+            if st.get("status") == "running":  # no live process: the sweep was killed
+                rec.write_status(run_dir, "interrupted", "killed while running (found by resume)")
+            log.info("sweep resume: resuming %s from its last checkpoint", run_dir)
+            rcfg = copy.deepcopy(cfg)
+            rcfg.resume = str(run_dir)
+            run_job(rcfg, run_dir)
+        else:
+            if plan == "rerun":
+                log.info("sweep resume: re-running %s (old records in %s)", run_dir, PREVIOUS)
+                _move_aside(run_dir)
+            run_job(cfg, run_dir)
+        st = _status(run_dir) or {"status": "failed", "error": f"no {rec.STATUS} written"}
+        outcome = {"status": st.get("status"), "error": st.get("error")}
+    finally:
+        _write_outcome(run_dir, hc, outcome)
+    return monitored_value(run_dir)
+
+
+def _write_outcome(run_dir: Path, hc: Any, outcome: dict[str, Any]) -> None:
+    sweep_dir = Path(hc.sweep.dir)
+    value = monitored_value(run_dir)
+    try:
+        monitor = rec.read_json(run_dir / rec.SUMMARY)["best"]["monitor"]
+    except (OSError, ValueError, KeyError, TypeError):
+        monitor = None
+    body = {
+        "num": int(hc.job.num),
+        "job": _rel(run_dir, sweep_dir),
+        "overrides": _task_overrides(hc),
+        "monitor": monitor,
+        "value": None if math.isnan(value) else value,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **outcome,
+    }
+    rec.write_json(sweep_dir / OUTCOME.format(num=int(hc.job.num)), body)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+# --------------------------------------------------------------------------------- the sweep
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job's outcome in `sweep_dir`: the jobs' own records (`.neurons-job-*.json`), plus job
+    directories with a status.json and no outcome (their process died), sorted by job number."""
+    sweep_dir = Path(sweep_dir)
+    jobs: dict[str, dict[str, Any]] = {}
+    for p in sorted(sweep_dir.glob(OUTCOME.format(num="*"))):
+        try:
+            o = rec.read_json(p)
+        except (OSError, ValueError):
+            continue
+        jobs[o["job"]] = o
+    for cur, subdirs, files in os.walk(sweep_dir):
+        subdirs[:] = [s for s in subdirs if not s.startswith(".")]
+        if rec.STATUS in files:
+            job = _rel(Path(cur), sweep_dir)
+            if job not in jobs:
+                st = _status(Path(cur)) or {}
+                status = st.get("status") or "unknown"
+                if status == "running":
+                    status, st["error"] = "failed", "status `running`: its process died"
+                jobs[job] = {"job": job, "num": None, "status": status, "error": st.get("error")}
+            subdirs[:] = []
+    return sorted(jobs.values(), key=lambda o: (o.get("num") is None, o.get("num") or 0, o["job"]))
+
+
+def failed_jobs() -> list[dict[str, Any]]:
+    """Jobs of the sweep this process launched that did not complete (for the exit code)."""
+    return [o for o in _collected.get("jobs", []) if o.get("status") != "completed"]
+
+
+def collected_sweep_dir() -> Path | None:
+    return _collected.get("sweep_dir")
+
+
+def _param_keys(config: DictConfig) -> list[str]:
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return [str(k) for k in params]
+
+
+def write_search_results(sweep_dir: Path, jobs: list[dict[str, Any]], config: DictConfig) -> None:
+    """`trials.csv` (one row per trial: params, status, value) and `best.json` for a search."""
+    keys = _param_keys(config)
+    dirn = str(OmegaConf.select(config, "hydra.sweeper.direction") or "minimize")
+    rows = []
+    for o in jobs:
+        ov = dict(str(s).lstrip("+").split("=", 1) for s in o.get("overrides", []) if "=" in s)
+        row = {"trial": o.get("num"), "job": o["job"], "status": o.get("status")}
+        row.update({k: ov.get(k) for k in keys})
+        row.update({"monitor": o.get("monitor"), "value": o.get("value")})
+        rows.append(row)
+    buf = io.StringIO()
+    fields = ["trial", "job", "status", *keys, "monitor", "value"]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    rec.write_atomic(Path(sweep_dir) / TRIALS, buf.getvalue())
+    done = [r for r in rows if r["status"] == "completed" and r["value"] is not None]
+    if not done:
+        return
+    pick = max if dirn == "maximize" else min
+    best = pick(done, key=lambda r: r["value"])
+    body = {
+        "direction": dirn,
+        "monitor": best["monitor"],
+        "value": best["value"],
+        "params": {k: yaml.safe_load(str(best[k])) for k in keys},
+        "trial": best["trial"],
+        "job": best["job"],
+        "trials": len(rows),
+        "completed": len(done),
+    }
+    rec.write_json(Path(sweep_dir) / BEST, body)
+
+
+class SweepCallback(Callback):
+    """Hydra callback (conf/config.yaml `hydra.callbacks`): collects job outcomes in the
+    launching process after a multirun, and writes the search results of an Optuna sweep."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _collected.clear()
+        _collected["sweep_dir"] = Path(str(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = collect(sweep_dir)
+        _collected.update(sweep_dir=sweep_dir, jobs=jobs)
+        target = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+        if "optuna" in target.lower():
+            write_search_results(sweep_dir, jobs, config)
+        rec.write_json(sweep_dir / SWEEP_OUTCOMES, {"jobs": jobs})
+        bad = [o for o in jobs if o.get("status") != "completed"]
+        log.info("sweep: %d of %d jobs completed in %s", len(jobs) - len(bad), len(jobs), sweep_dir)
+
+
+def check_resume_args(argv: list[str]) -> str | None:
+    """An error message when `+sweep_resume=true` is not given an existing sweep directory (it
+    would otherwise start the whole sweep over in a new one); None when all is well."""
+    flags = {a.split("=", 1)[0].lstrip("+"): a.split("=", 1)[1] for a in argv if "=" in a}
+    if str(flags.get("sweep_resume", "false")).lower() not in ("true", "1", "yes"):
+        return None
+    where = flags.get("hydra.sweep.dir")
+    if where is None:
+        return "sweep_resume: expected hydra.sweep.dir=<the sweep's directory>, found none"
+    if not Path(where).is_dir():
+        return f"sweep_resume: expected hydra.sweep.dir to be an existing sweep, found {where!r}"
+    return None
+
+
+def describe_failures(failed: list[dict[str, Any]], sweep_dir: Path | None, total: int) -> str:
+    """The one message `python -m neurons -m` prints when jobs failed."""
+    where = f" in {sweep_dir}" if sweep_dir else ""
+    lines = [f"neurons: {len(failed)} of {total} job(s) did not complete{where}:"]
+    for o in failed:
+        err = str(o.get("error") or "").strip().splitlines()
+        lines.append(f"  {o['job']}: {o.get('status')}" + (f": {err[0]}" if err else ""))
+    return "\n".join(lines)
+
+
+def total_jobs() -> int:
+    return len(_collected.get("jobs", []))
+
+
+__all__ = [
+    "SweepCallback",
+    "collect",
+    "describe_failures",
+    "direction",
+    "failed_jobs",
+    "job_threads",
+    "monitored_value",
+    "register_sweep_resolvers",
+    "run_sweep_job",
+    "write_search_results",
+]
