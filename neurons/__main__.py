@@ -1,7 +1,8 @@
 """`python -m neurons`: the Hydra entry point (the only module that imports `hydra.main`).
 
-Composes conf/ into a config, hands it to `neurons.run.run_job` with the run directory, and
-exits non-zero when a run (or any job of a sweep) failed; failing jobs do not stop a sweep.
+Composes the installed config tree (`pkg://neurons.conf`, after any user config dirs: see
+`neurons.searchpath`) into a config, hands it to `neurons.run.run_job` with the run directory,
+and exits non-zero when a run (or any job of a sweep) failed; failing jobs do not stop a sweep.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from omegaconf import DictConfig
 
 from neurons.config import register_resolvers
 from neurons.schema import register_schema
+from neurons.searchpath import (
+    ConfigDirError,
+    install,
+    normalize_overrides,
+    split_config_dir,
+    user_config_dirs,
+)
 
 register_resolvers()
 register_schema()
 _failed: list[str] = []
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://neurons.conf", config_name="config")
 def _job(cfg: DictConfig) -> None:
     from neurons.run import run_job
 
@@ -37,6 +45,14 @@ def _job(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    try:
+        config_dir, rest = split_config_dir(sys.argv[1:])
+        user_config_dirs(config_dir)  # fail now, naming the flag or variable, if one is missing
+        install(config_dir)
+    except ConfigDirError as e:
+        print(f"neurons: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv[1:] = normalize_overrides(rest)
     try:
         _job()
     except KeyboardInterrupt:
