@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from neurons import __version__
-from neurons import debug
+from neurons import __version__, debug
 from neurons import record as rec
 from neurons.config import ConfigError, Experiment, build_experiment
 from neurons.data import DatasetError
