@@ -11,3 +11,15 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
+
+# The notebook API (neurons/api.py), imported on first use so `import neurons` stays light.
+_API = ("compose", "fit", "load_sweep", "Run", "RunFailed", "Sweep")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):  # PEP 562: neurons.compose, neurons.fit, ... load neurons.api lazily
+    if name in _API:
+        from neurons import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'neurons' has no attribute {name!r}")
