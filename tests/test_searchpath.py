@@ -139,7 +139,8 @@ def test_readme_arch_example_composes_and_builds(project):
     assert len(net.layers) == 3 and len(net.skips) == 1  # two hidden layers + the output layer
 
 
-def test_cli_config_dir_goes_before_builtins(tmp_path):
+@pytest.mark.slow
+def test_cli_and_console_scripts_search_user_dirs_first(tmp_path):
     flag = tmp_path / "mine"
     arch_file(flag, "mlp_plain", 9)
     arch_file(tmp_path / "conf", "mlp_plain", 8)
@@ -169,3 +170,17 @@ def test_cli_config_dir_goes_before_builtins(tmp_path):
         timeout=120,
     )
     assert p.returncode == 2 and "--config-dir" in p.stderr and "'nope'" in p.stderr
+    bin_dir = Path(sys.executable).parent  # console scripts of this (editable) install
+    p = subprocess.run(
+        [str(bin_dir / "neurons"), "arch=mlp_plain", "--cfg", "job"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert p.returncode == 0 and "width: 8" in p.stdout, p.stderr
+    p = subprocess.run(
+        [str(bin_dir / "neurons-compare"), "--help"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert p.returncode == 0 and "sweep directories" in p.stdout, p.stderr
