@@ -1,7 +1,8 @@
 """neurons: a declarative, config-driven experiment runner for neural-network research.
 
 The engine (kernels -> layers -> graph -> train) is plain numpy/numba; Hydra only appears in
-`neurons.__main__` and `neurons.config`. Nothing here imports PyTorch.
+`neurons.__main__`, `neurons.config`, `neurons.searchpath` and the notebook API `neurons.api`
+(`neurons.compose`, `neurons.fit`, `neurons.load_sweep`). Nothing here imports PyTorch.
 """
 
 import os
@@ -17,7 +18,7 @@ _API = ("compose", "fit", "load_sweep", "Run", "RunFailed", "Sweep")
 __all__ = ["__version__", *_API]
 
 
-def __getattr__(name: str):  # PEP 562: neurons.compose, neurons.fit, ... load neurons.api lazily
+def __getattr__(name: str) -> object:  # PEP 562: load neurons.api on first use
     if name in _API:
         from neurons import api
 

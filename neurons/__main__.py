@@ -8,6 +8,7 @@ and exits non-zero when a run (or any job of a sweep) failed; failing jobs do no
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,9 +45,20 @@ def _job(cfg: DictConfig) -> None:
         _failed.append(str(run_dir))
 
 
+def _completion_config_dir() -> str | None:
+    """Tab completion: `--config-dir` of the line being completed (COMP_LINE), if it exists."""
+    try:
+        found, _ = split_config_dir(os.environ.get("COMP_LINE", "").split()[1:])
+    except ConfigDirError:  # `-cd` with nothing after it yet
+        return None
+    return found if found is not None and os.path.isdir(found) else None
+
+
 def main() -> None:
     try:
         config_dir, rest = split_config_dir(sys.argv[1:])
+        if config_dir is None and {"-sc", "--shell-completion"} & set(rest):
+            config_dir = _completion_config_dir()
         user_config_dirs(config_dir)  # fail now, naming the flag or variable, if one is missing
         install(config_dir)
     except ConfigDirError as e:

@@ -180,6 +180,17 @@ def test_cli_and_console_scripts_search_user_dirs_first(tmp_path):
         timeout=120,
     )
     assert p.returncode == 0 and "width: 8" in p.stdout, p.stderr
+    arch_file(flag, "flag_net", 4)
+    line = f"neurons --config-dir {flag} arch=flag_"
+    p = subprocess.run(
+        [str(bin_dir / "neurons"), "-sc", "query=bash"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**env, "COMP_LINE": line, "COMP_POINT": str(len(line))},
+        timeout=120,
+    )
+    assert p.returncode == 0 and p.stdout.split() == ["arch=flag_net"], p.stderr
     p = subprocess.run(
         [str(bin_dir / "neurons-compare"), "--help"], cwd=tmp_path, capture_output=True, text=True
     )
