@@ -1,7 +1,8 @@
 """neurons: a declarative, config-driven experiment runner for neural-network research.
 
 The engine (kernels -> layers -> graph -> train) is plain numpy/numba; Hydra only appears in
-`neurons.__main__` and `neurons.config`. Nothing here imports PyTorch.
+`neurons.__main__`, `neurons.config`, `neurons.searchpath` and the notebook API `neurons.api`
+(`neurons.compose`, `neurons.fit`, `neurons.load_sweep`). Nothing here imports PyTorch.
 """
 
 import os
@@ -11,3 +12,15 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
+
+# The notebook API (neurons/api.py), imported on first use so `import neurons` stays light.
+_API = ("compose", "fit", "load_sweep", "Run", "RunFailed", "Sweep")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> object:  # PEP 562: load neurons.api on first use
+    if name in _API:
+        from neurons import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'neurons' has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """`python -m neurons`: the Hydra entry point (the only module that imports `hydra.main`).
 
-Composes conf/ into a config, hands it to `neurons.run.run_job` (a sweep's jobs through
+Composes the installed config tree (`pkg://neurons.conf`, after any user config dirs: see
+`neurons.searchpath`) into a config, hands it to `neurons.run.run_job` (a sweep's jobs through
 `neurons.sweep.run_sweep_job`) and exits non-zero when a run, or any job of a sweep under any
 launcher, failed, naming the jobs; failing jobs do not stop a sweep.
 """
@@ -8,6 +9,7 @@ launcher, failed, naming the jobs; failing jobs do not stop a sweep.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +20,13 @@ from omegaconf import DictConfig
 from neurons import sweep
 from neurons.config import register_resolvers
 from neurons.schema import register_schema
+from neurons.searchpath import (
+    ConfigDirError,
+    install,
+    normalize_overrides,
+    split_config_dir,
+    user_config_dirs,
+)
 
 register_resolvers()
 register_schema()
@@ -25,7 +34,7 @@ sweep.register_sweep_resolvers()
 _failed: list[str] = []
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://neurons.conf", config_name="config")
 def _job(cfg: DictConfig) -> float | None:
     from neurons.run import run_job
 
@@ -42,11 +51,30 @@ def _job(cfg: DictConfig) -> float | None:
     return sweep.monitored_value(run_dir)
 
 
+def _completion_config_dir() -> str | None:
+    """Tab completion: `--config-dir` of the line being completed (COMP_LINE), if it exists."""
+    try:
+        found, _ = split_config_dir(os.environ.get("COMP_LINE", "").split()[1:])
+    except ConfigDirError:  # `-cd` with nothing after it yet
+        return None
+    return found if found is not None and os.path.isdir(found) else None
+
+
 def main() -> None:
     bad = sweep.check_resume_args(sys.argv[1:])
     if bad:
         print(f"neurons: {bad}", file=sys.stderr)
         sys.exit(2)
+    try:
+        config_dir, rest = split_config_dir(sys.argv[1:])
+        if config_dir is None and {"-sc", "--shell-completion"} & set(rest):
+            config_dir = _completion_config_dir()
+        user_config_dirs(config_dir)  # fail now, naming the flag or variable, if one is missing
+        install(config_dir)
+    except ConfigDirError as e:
+        print(f"neurons: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv[1:] = normalize_overrides(rest)
     try:
         _job()
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from neurons import __version__
+from neurons import __version__, debug
 from neurons import record as rec
 from neurons.config import ConfigError, Experiment, build_experiment
 from neurons.data import DatasetError
@@ -75,6 +75,7 @@ class _Recorder:
         self.wall0 = rows[-1]["wall"] if rows else 0.0
         self.snapshot: tuple[dict, dict] | None = None
         self.every = int(cfg.train.checkpoint_every)
+        self.checkpoints = True  # False under a debug preset with debug.checkpoints=false
 
     def take_snapshot(self, state: TrainState) -> None:
         net, opt = self.exp.network, self.exp.optimizer
@@ -88,7 +89,7 @@ class _Recorder:
         self.snapshot = (arrays, meta)
 
     def write_last(self) -> None:
-        if self.snapshot is not None:
+        if self.snapshot is not None and self.checkpoints:
             rec.save_checkpoint(self.ckpt_dir / rec.LAST, *self.snapshot)
 
     def __call__(self, state: TrainState, row: dict, improved: bool) -> None:
@@ -97,7 +98,7 @@ class _Recorder:
         self.rows.append(row)
         rec.write_metrics(self.run_dir, self.rows)
         self.take_snapshot(state)
-        if improved:
+        if improved and self.checkpoints:
             rec.save_checkpoint(self.ckpt_dir / rec.BEST, *self.snapshot)  # type: ignore[misc]
         if self.every and state.epoch % self.every == 0:
             self.write_last()
@@ -222,10 +223,12 @@ def run_job(cfg: DictConfig, run_dir: Path, *, progress: bool | None = None) -> 
         rec.write_status(run_dir, "running", resumed=bool(resume))
         threads = configure(cfg.train.threads)
         exp = build_experiment(cfg)
+        hooks = debug.prepare(cfg, exp, run_dir)
         state, rows = _restore(exp, run_dir) if resume else (TrainState(), [])
         if resume:
             log.info("resuming %s after epoch %d", run_dir, state.epoch)
         recorder = _Recorder(exp, run_dir, cfg, rows)
+        recorder.checkpoints = hooks.checkpoints
         recorder.take_snapshot(state)
         if not resume:  # epoch 0: a failure in the first epoch still leaves a loadable `last`
             recorder.write_last()
@@ -245,10 +248,11 @@ def run_job(cfg: DictConfig, run_dir: Path, *, progress: bool | None = None) -> 
                 classification=exp.classification,
                 schedule=exp.schedule,
                 state=state,
-                callbacks=[recorder],
+                callbacks=[recorder, *hooks.callbacks],
                 on_batch=on_batch,
             )
         recorder.write_last()
+        hooks.finish(state, recorder.rows)
         summary = _summary(exp, cfg, state, recorder.rows, threads, time.perf_counter() - t_start)
         rec.write_json(run_dir / rec.SUMMARY, summary)
         rec.write_status(run_dir, "completed")

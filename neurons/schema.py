@@ -75,6 +75,19 @@ class TrainConfigSchema:
 
 
 @dataclass
+class DebugConfig:
+    """Set by the `debug` presets (conf/debug/*.yaml); applied by `neurons.debug`."""
+
+    limit_batches: int | None = None  # train only the first N batches of each epoch
+    overfit_batches: int | None = None  # train and validate on the same first N batches
+    overfit_repeats: int = 1  # passes over those batches per epoch (fewer, longer epochs)
+    target_loss: float | None = None  # stop once train_loss <= this
+    checkpoints: bool = True  # false: write no checkpoints
+    profile: bool = False  # time a few steps per layer (forward, backward) and log the table
+    profile_steps: int = 5  # timed steps (after one warm-up step)
+
+
+@dataclass
 class Config:
     arch: Any = MISSING  # a mapping checked by neurons.config (layers, skips, loops, output)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -84,6 +97,7 @@ class Config:
     seed: int = 0  # seeds the one np.random.Generator of the run (init, shuffles, dropout)
     resume: str | None = None  # a run directory to continue from its last checkpoint
     tag: str | None = None  # free-form label recorded with the run
+    debug: DebugConfig = field(default_factory=DebugConfig)  # see conf/debug/
 
 
 def register_schema() -> None:
