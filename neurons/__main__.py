@@ -32,8 +32,22 @@ def _job(cfg: DictConfig) -> None:
         _failed.append("resume")
         return
     run_dir = Path(hc.runtime.output_dir)
-    if not run_job(cfg, run_dir):
+    if not run_job(cfg, run_dir, job=_job_info(hc)):
         _failed.append(str(run_dir))
+
+
+def _job_info(hc: DictConfig) -> dict:
+    """What the experiment-tracking loggers need from Hydra, as plain values."""
+    multi = str(hc.mode) == "RunMode.MULTIRUN"
+    return {
+        "mode": "multirun" if multi else "run",
+        "sweep_dir": str(hc.sweep.dir) if multi else None,
+        "num": int(hc.job.num) if multi else None,
+        "name": str(hc.job.name),
+        "cwd": str(hc.runtime.cwd),
+        "overrides": list(hc.overrides.task),
+        "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")},
+    }
 
 
 def main() -> None:
