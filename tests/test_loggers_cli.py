@@ -1,0 +1,116 @@
+"""Tracking loggers through the real CLI: a 2-job sweep read back with TensorBoard's event reader
+and MlflowClient equals each run's metrics.csv; an unwritable TensorBoard directory and an
+unreachable MLflow server leave the run `completed` with warnings in run.log."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", "2")}
+METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "neurons", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_unwritable_and_unreachable_destinations_are_warnings(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    run = tmp_path / "run"
+    p = cli(
+        "dataset=iris",
+        "train.epochs=3",
+        "train.threads=1",
+        "logger=[csv,tensorboard,mlflow]",
+        f"logger.tensorboard.dir={blocker}/tb",  # under a file: unwritable, even for root
+        f"logger.mlflow.tracking_uri=http://127.0.0.1:{closed_port()}",
+        "logger.mlflow.http_retries=0",
+        "logger.mlflow.http_timeout=2",
+        f"hydra.run.dir={run}",
+    )
+    assert p.returncode == 0, p.stderr
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert list(pd.read_csv(run / "metrics.csv").epoch) == [1, 2, 3]
+    log = (run / "run.log").read_text()
+    warnings = [line for line in log.splitlines() if "[WARNING]" in line]
+    assert any("logger tensorboard: start failed" in w for w in warnings), log
+    assert any("logger mlflow: start failed" in w for w in warnings), log
+    assert "completed: 3 epochs" in log
+
+
+@pytest.mark.slow
+def test_two_job_sweep_tracked_per_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sweep, db = tmp_path / "sweep", tmp_path / "store" / "mlflow.db"
+    p = cli(
+        "-m",
+        "dataset=iris",
+        "arch=mlp_plain,mlp_skip",
+        "train.epochs=3",
+        "train.threads=1",
+        "logger=[csv,tensorboard,mlflow]",
+        f"logger.mlflow.tracking_uri=sqlite:///{db}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert p.returncode == 0, p.stderr
+    jobs = sorted(d for d in sweep.iterdir() if d.is_dir())
+    assert [j.name for j in jobs] == ["0_mlp_plain_iris_s0", "1_mlp_skip_iris_s0"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(str(sweep))  # the sweep is the experiment
+    assert exp is not None
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {j.name for j in jobs}  # one MLflow run per job
+    for job in jobs:
+        m = pd.read_csv(job / "metrics.csv")
+        assert len(m) == 3
+        assert "[WARNING]" not in (job / "run.log").read_text()
+        ea = EventAccumulator(str(job / "tensorboard"), size_guidance={"scalars": 0})
+        ea.Reload()
+        r = runs[job.name]
+        assert r.info.status == "FINISHED"
+        for col in METRICS:
+            tb = ea.Scalars(f"epoch/{col}")
+            assert [e.step for e in tb] == list(m.epoch)
+            np.testing.assert_allclose([e.value for e in tb], m[col], rtol=1e-6, err_msg=col)
+            hist = client.get_metric_history(r.info.run_id, col)
+            assert sorted(h.step for h in hist) == list(m.epoch)
+            got = [h.value for h in sorted(hist, key=lambda h: h.step)]
+            np.testing.assert_allclose(got, m[col], rtol=1e-12, err_msg=col)
+        arch = job.name.split("_", 1)[1].rsplit("_iris", 1)[0]
+        assert r.data.params["arch.name"] == arch and r.data.params["seed"] == "0"
+        assert r.data.params["train.epochs"] == "3"
+        assert r.data.tags["arch"] == arch and r.data.tags["dataset"] == "iris"
+        assert r.data.tags["sweep"] == str(sweep)
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        if commit:  # a git checkout (CI's clone is one)
+            assert r.data.tags["mlflow.source.git.commit"] == commit
+        s = json.loads((job / "summary.json").read_text())
+        assert r.data.metrics["final.val_loss"] == pytest.approx(s["final"]["val_loss"], 1e-12)
+        files = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"metrics.csv", "summary.json", "run.log", "tensorboard"} <= files
