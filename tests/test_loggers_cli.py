@@ -114,3 +114,74 @@ def test_two_job_sweep_tracked_per_run(tmp_path):
         assert r.data.metrics["final.val_loss"] == pytest.approx(s["final"]["val_loss"], 1e-12)
         files = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"metrics.csv", "summary.json", "run.log", "tensorboard"} <= files
+
+
+@pytest.mark.slow
+def test_run_logs_to_a_live_mlflow_server(tmp_path):
+    """`mlflow server` from the extra starts on this stack (sqlalchemy<2) and a run given its
+    http:// tracking URI by override lands there, read back through the server."""
+    import signal
+    import time
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    port = closed_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(1)
+        run = tmp_path / "run"
+        uri = f"http://127.0.0.1:{port}"
+        p = cli(
+            "dataset=iris",
+            "train.epochs=2",
+            "train.threads=1",
+            "logger=[csv,mlflow]",
+            f"logger.mlflow.tracking_uri={uri}",
+            "logger.mlflow.experiment=live",
+            f"hydra.run.dir={run}",
+        )
+        assert p.returncode == 0, p.stderr
+        assert "[WARNING]" not in (run / "run.log").read_text()
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name("live")
+        (r,) = client.search_runs([exp.experiment_id])
+        assert r.info.status == "FINISHED" and r.info.run_name == "run"
+        m = pd.read_csv(run / "metrics.csv")
+        hist = sorted(client.get_metric_history(r.info.run_id, "val_loss"), key=lambda h: h.step)
+        np.testing.assert_allclose([h.value for h in hist], m.val_loss, rtol=1e-12)
+        assert "metrics.csv" in {a.path for a in client.list_artifacts(r.info.run_id)}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
