@@ -13,6 +13,7 @@ import importlib
 import logging
 import math
 import os
+import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -243,7 +244,11 @@ class TensorBoardLogger(RunLogger):
         self.info, self.epoch = info, info.epoch
         logdir = info.run_dir / self.dir
         logdir.mkdir(parents=True, exist_ok=True)
+        logged = _logged_epochs(logdir) if info.epoch else set()
         self.writer = EventFileWriter(str(logdir), flush_secs=self.flush_secs)
+        for row in rec.read_metrics(info.run_dir) if info.epoch else ():  # resume: epochs the
+            if row["epoch"] <= info.epoch and row["epoch"] not in logged:  # interrupted run
+                self.log_epoch(row)  # had recorded but not sent
         text = OmegaConf.to_yaml(OmegaConf.create(info.config))
         body = "    " + text.replace("\n", "\n    ")  # markdown code block
         self._write(text_pb("config", body), info.epoch)
@@ -293,6 +298,18 @@ class TensorBoardLogger(RunLogger):
         finally:
             self.writer.close()
             self.writer = None
+
+
+def _logged_epochs(logdir: Path) -> set[int]:
+    """Steps of `epoch/train_loss` already in the event files of `logdir`."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps: set[int] = set()
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            if any(v.tag == "epoch/train_loss" for v in event.summary.value):
+                steps.add(int(event.step))
+    return steps
 
 
 class MlflowLogger(RunLogger):
@@ -362,6 +379,10 @@ class MlflowLogger(RunLogger):
         if previous.get("tracking_uri") == uri and previous.get("run_id"):  # resume
             self.run_id = previous["run_id"]
             client.update_run(self.run_id, status="RUNNING")
+            logged = {m.step for m in client.get_metric_history(self.run_id, "train_loss")}
+            for row in rec.read_metrics(info.run_dir):  # epochs the interrupted run had not sent
+                if row["epoch"] <= info.epoch and row["epoch"] not in logged:
+                    self.log_epoch(row)
             return
         run = client.create_run(exp_id, run_name=info.run_dir.name, tags=info.tags)
         self.run_id = run.info.run_id
@@ -413,6 +434,26 @@ def _store_lock(store: Path | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _signals_deferred():
+    """Hold Ctrl-C/SIGTERM until a logger call returns, then deliver it: an interrupt inside a
+    store write (an SQLite transaction) would leave the store locked for the final `finish`."""
+    got: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    try:
+        old = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in sigs}
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+        if got:
+            signal.raise_signal(got[0])
+
+
 def _why(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:300]}"
@@ -432,7 +473,8 @@ class Loggers:
         if lg not in self.loggers:
             return
         try:
-            fn(*args)
+            with _signals_deferred():
+                fn(*args)
         except Exception as e:
             self.loggers.remove(lg)
             log.warning(

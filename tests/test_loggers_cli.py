@@ -185,3 +185,61 @@ def test_run_logs_to_a_live_mlflow_server(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_continues_the_same_tracked_run(tmp_path):
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cut, db = tmp_path / "cut", tmp_path / "m.db"
+    args = [
+        "dataset=digits",
+        "arch=mlp_feedback",
+        "train.epochs=8",
+        "train.batch_size=8",
+        "train.threads=1",
+        "logger=[csv,tensorboard,mlflow]",
+        f"logger.mlflow.tracking_uri=sqlite:///{db}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neurons", *args, f"hydra.run.dir={cut}"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:  # SIGTERM once two epochs are on disk
+        m = cut / "metrics.csv"
+        if m.exists() and len(m.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert json.loads((cut / "status.json").read_text())["status"] == "interrupted"
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    run_id = json.loads((cut / "mlflow.json").read_text())["run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"
+    p = cli(f"resume={cut}")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((cut / "status.json").read_text())["status"] == "completed"
+    assert "logger" not in "".join(
+        line for line in (cut / "run.log").read_text().splitlines() if "[WARNING]" in line
+    )
+    m = pd.read_csv(cut / "metrics.csv")
+    assert list(m.epoch) == list(range(1, 9))
+    exp = client.get_experiment_by_name("neurons")
+    assert [r.info.run_id for r in client.search_runs([exp.experiment_id])] == [run_id]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    hist = sorted(client.get_metric_history(run_id, "val_loss"), key=lambda h: h.step)
+    assert [h.step for h in hist] == list(m.epoch)  # each epoch once, none lost at the kill
+    np.testing.assert_allclose([h.value for h in hist], m.val_loss, rtol=1e-12)
+    ea = EventAccumulator(str(cut / "tensorboard"), size_guidance={"scalars": 0})
+    ea.Reload()
+    tb = ea.Scalars("epoch/val_loss")
+    assert [e.step for e in tb] == list(m.epoch)
+    np.testing.assert_allclose([e.value for e in tb], m.val_loss, rtol=1e-6)
