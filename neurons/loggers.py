@@ -179,8 +179,8 @@ class RunInfo:
             return str(p)
         return str(self.job.get("name") or "neurons")
 
-    @property
     def tags(self) -> dict[str, str]:
+        """Group choices, overrides, sweep and job number, free-form tag, git commit."""
         tags = {g: str(c) for g, c in (self.job.get("choices") or {}).items() if c is not None}
         if self.config.get("tag"):
             tags["tag"] = str(self.config["tag"])
@@ -246,9 +246,10 @@ class TensorBoardLogger(RunLogger):
         logdir.mkdir(parents=True, exist_ok=True)
         logged = _logged_epochs(logdir) if info.epoch else set()
         self.writer = EventFileWriter(str(logdir), flush_secs=self.flush_secs)
-        for row in rec.read_metrics(info.run_dir) if info.epoch else ():  # resume: epochs the
-            if row["epoch"] <= info.epoch and row["epoch"] not in logged:  # interrupted run
-                self.log_epoch(row)  # had recorded but not sent
+        for row in rec.read_metrics(info.run_dir) if info.epoch else ():
+            if row["epoch"] <= info.epoch and row["epoch"] not in logged:  # resume: recorded
+                epoch_metrics = {f"epoch/{k}": row[k] for k in EPOCH_METRICS if k in row}
+                self._scalars(epoch_metrics, int(row["epoch"]))  # but not sent before the stop
         text = OmegaConf.to_yaml(OmegaConf.create(info.config))
         body = "    " + text.replace("\n", "\n    ")  # markdown code block
         self._write(text_pb("config", body), info.epoch)
@@ -337,20 +338,18 @@ class MlflowLogger(RunLogger):
 
     @staticmethod
     def resolve_uri(uri: str, cwd: Path) -> tuple[str, Path | None]:
-        """A relative `sqlite:///path` or plain path made absolute against `cwd` (the launch
-        directory, the same for every job of a sweep); returns (uri, local store or None)."""
+        """A relative `sqlite:///path`, `file:path` or plain path made absolute against `cwd`
+        (the launch directory, the same for every job of a sweep). Returns the URI and the
+        local store's directory (None for a server)."""
         if uri.startswith("sqlite:///"):
             path = Path(uri[len("sqlite:///") :])
             path = path if path.is_absolute() else cwd / path
-            return f"sqlite:///{path}", path
-        if uri.startswith("file:"):
-            path = Path(uri[len("file://") :] if uri.startswith("file://") else uri[5:])
-            path = path if path.is_absolute() else cwd / path
-            return path.as_uri(), path
-        if "://" not in uri:
-            path = Path(uri) if Path(uri).is_absolute() else cwd / uri
-            return path.as_uri(), path
-        return uri, None
+            return f"sqlite:///{path}", path.parent
+        if "://" in uri and not uri.startswith("file://"):
+            return uri, None
+        path = Path(uri.removeprefix("file://").removeprefix("file:"))
+        path = path if path.is_absolute() else cwd / path
+        return path.as_uri(), path
 
     def start(self, info: RunInfo) -> None:
         from mlflow.entities import Param
@@ -360,10 +359,9 @@ class MlflowLogger(RunLogger):
             os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(math.ceil(self.http_timeout)))
         if self.http_retries is not None:
             os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(self.http_retries)
-        self.info = info
-        uri, local = self.resolve_uri(self.uri, info.cwd)
+        self.info, self.epoch = info, info.epoch
+        uri, store = self.resolve_uri(self.uri, info.cwd)
         artifacts = self.artifact_location
-        store = None if local is None else (local.parent if local.suffix == ".db" else local)
         if artifacts is None and store is not None:
             artifacts = (store / "mlartifacts").as_uri()
         name = self.experiment or info.experiment
@@ -384,7 +382,7 @@ class MlflowLogger(RunLogger):
                 if row["epoch"] <= info.epoch and row["epoch"] not in logged:
                     self.log_epoch(row)
             return
-        run = client.create_run(exp_id, run_name=info.run_dir.name, tags=info.tags)
+        run = client.create_run(exp_id, run_name=info.run_dir.name, tags=info.tags())
         self.run_id = run.info.run_id
         rec.write_json(saved, {"tracking_uri": uri, "experiment": name, "run_id": self.run_id})
         params = [Param(k, str(v)[:6000]) for k, v in flatten(info.config).items()]
@@ -406,8 +404,7 @@ class MlflowLogger(RunLogger):
     def finish(self, status: str, summary: dict[str, Any] | None) -> None:
         if self.run_id is None:
             return
-        epoch = getattr(self, "epoch", self.info.epoch)
-        self._metrics(final_metrics(summary), epoch)
+        self._metrics(final_metrics(summary), self.epoch)
         if self.artifacts:
             try:
                 self.client.log_artifacts(self.run_id, str(self.info.run_dir))

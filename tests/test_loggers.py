@@ -81,10 +81,15 @@ def test_flatten_and_uri():
     flat = lg.flatten({"a": {"b": 1, "c": [0.9, 0.99]}, "l": [{"k": "x"}], "n": None})
     assert flat == {"a.b": 1, "a.c": "[0.9, 0.99]", "l.0.k": "x", "n": "None"}
     resolve = lg.MlflowLogger.resolve_uri  # relative stores: from the launch directory
-    uri, local = resolve("sqlite:///runs/mlflow.db", Path("/w"))
-    assert uri == "sqlite:////w/runs/mlflow.db" and local == Path("/w/runs/mlflow.db")
-    assert resolve("sqlite:////abs/m.db", Path("/w"))[0] == "sqlite:////abs/m.db"
+    uri, store = resolve("sqlite:///runs/mlflow.db", Path("/w"))
+    assert uri == "sqlite:////w/runs/mlflow.db" and store == Path("/w/runs")
+    assert resolve("sqlite:////abs/m.sqlite", Path("/w")) == (
+        "sqlite:////abs/m.sqlite",
+        Path("/abs"),
+    )
     assert resolve("mlruns", Path("/w")) == ("file:///w/mlruns", Path("/w/mlruns"))
+    assert resolve("file:mlruns", Path("/w")) == ("file:///w/mlruns", Path("/w/mlruns"))
+    assert resolve("file:///x/mlruns", Path("/w")) == ("file:///x/mlruns", Path("/x/mlruns"))
     assert resolve("http://h:5000", Path("/w")) == ("http://h:5000", None)
 
 
