@@ -93,6 +93,26 @@ def test_flatten_and_uri():
     assert resolve("http://h:5000", Path("/w")) == ("http://h:5000", None)
 
 
+def test_experiment_is_the_sweep_and_tags_name_the_choices():
+    job = {
+        "mode": "multirun",
+        "sweep_dir": "/w/runs/multirun/2026-01-01/10-00-00-abc",
+        "num": 3,
+        "cwd": "/w",
+        "name": "neurons",
+        "overrides": ["arch=mlp_skip", "seed=1"],
+        "choices": {"arch": "mlp_skip", "dataset": "iris", "experiment": None},
+    }
+    info = lg.RunInfo(Path("/w/x/3_mlp_skip_iris_s1"), {"tag": "try"}, job)
+    assert info.experiment == "runs/multirun/2026-01-01/10-00-00-abc"
+    tags = info.tags()
+    assert tags["arch"] == "mlp_skip" and tags["dataset"] == "iris" and "experiment" not in tags
+    assert tags["job_num"] == "3" and tags["overrides"] == "arch=mlp_skip seed=1"
+    assert tags["tag"] == "try" and tags["sweep"] == info.experiment
+    single = lg.RunInfo(Path("/w/runs/r"), {}, {"mode": "run", "name": "neurons", "cwd": "/w"})
+    assert single.experiment == "neurons"
+
+
 def test_tensorboard_events_equal_metrics_csv(tmp_path):
     from tensorboard.plugins.hparams import plugin_data_pb2
     from tensorboard.util import tensor_util
