@@ -45,8 +45,8 @@ def _job(cfg: DictConfig) -> float | None:
         return None
     run_dir = Path(hc.runtime.output_dir)
     if str(hc.mode) == "RunMode.MULTIRUN":  # outcomes collected by neurons.sweep.SweepCallback
-        return sweep.run_sweep_job(cfg, run_dir, hc)
-    if not run_job(cfg, run_dir):
+        return sweep.run_sweep_job(cfg, run_dir, hc, job=_job_info(hc))
+    if not run_job(cfg, run_dir, job=_job_info(hc)):
         _failed.append(str(run_dir))
     return sweep.monitored_value(run_dir)
 
@@ -58,6 +58,20 @@ def _completion_config_dir() -> str | None:
     except ConfigDirError:  # `-cd` with nothing after it yet
         return None
     return found if found is not None and os.path.isdir(found) else None
+
+
+def _job_info(hc: DictConfig) -> dict:
+    """What the experiment-tracking loggers need from Hydra, as plain values."""
+    multi = str(hc.mode) == "RunMode.MULTIRUN"
+    return {
+        "mode": "multirun" if multi else "run",
+        "sweep_dir": str(hc.sweep.dir) if multi else None,
+        "num": int(hc.job.num) if multi else None,
+        "name": str(hc.job.name),
+        "cwd": str(hc.runtime.cwd),
+        "overrides": list(hc.overrides.task),
+        "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")},
+    }
 
 
 def main() -> None:

@@ -468,3 +468,46 @@ def build_experiment(cfg: DictConfig, dataset: Dataset | None = None) -> Experim
         rng=rng,
         classification=dataset.task == "classification",
     )
+
+
+# ----------------------------------------------------------------------------- loggers
+def build_loggers(cfg: DictConfig, run_dir: Any, network: Network | None = None) -> Any:
+    """`cfg.logger` (the `logger` group, several at once) -> a `neurons.loggers.Loggers`.
+
+    `csv` is the run's own records and always on; tensorboard/mlflow need their extras.
+    """
+    from neurons import loggers as lg
+
+    spec = _plain(cfg.get("logger")) or {}
+    unknown = sorted(set(spec) - {"csv", "tensorboard", "mlflow"})
+    if unknown:
+        raise ConfigError(f"logger: expected csv, tensorboard or mlflow, found {unknown[0]!r}")
+    if (spec.get("csv") or {}).get("enabled") is False:
+        raise ConfigError(
+            "logger.csv.enabled: metrics.csv and summary.json are always written; "
+            "expected true, found false"
+        )
+    out: list[lg.RunLogger] = []
+    if (spec.get("tensorboard") or {}).get("enabled"):
+        t = {k: v for k, v in spec["tensorboard"].items() if k != "enabled"}
+        _int("logger.tensorboard.log_every_n_steps", t["log_every_n_steps"], 0)
+        _int("logger.tensorboard.histogram_every", t["histogram_every"], 0)
+        _int("logger.tensorboard.flush_secs", t["flush_secs"], 1)
+        if not str(t["dir"]).strip():
+            raise ConfigError("logger.tensorboard.dir: expected a directory name, found ''")
+        out.append(lg.TensorBoardLogger(**t, network=network))
+    if (spec.get("mlflow") or {}).get("enabled"):
+        m = {k: v for k, v in spec["mlflow"].items() if k != "enabled"}
+        if not str(m["tracking_uri"]).strip():
+            raise ConfigError("logger.mlflow.tracking_uri: expected a tracking URI, found ''")
+        if m["http_timeout"] is not None:
+            _num("logger.mlflow.http_timeout", m["http_timeout"], lo=0, lo_open=True)
+        if m["http_retries"] is not None:
+            _int("logger.mlflow.http_retries", m["http_retries"], 0)
+        out.append(lg.MlflowLogger(**m))
+    for logger in out:
+        try:
+            lg.require(logger.name)
+        except lg.MissingExtra as e:
+            raise ConfigError(str(e)) from None
+    return lg.Loggers(out, run_dir)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from neurons import __version__, debug
 from neurons import record as rec
-from neurons.config import ConfigError, Experiment, build_experiment
+from neurons.config import ConfigError, Experiment, build_experiment, build_loggers
 from neurons.data import DatasetError
 from neurons.layers import BuildError
 from neurons.runtime import configure
@@ -202,13 +202,18 @@ def _summary(
     }
 
 
-def run_job(cfg: DictConfig, run_dir: Path, *, progress: bool | None = None) -> bool:
-    """Run one job into `run_dir`; True when it completed. See the module docstring."""
+def run_job(
+    cfg: DictConfig, run_dir: Path, *, progress: bool | None = None, job: dict | None = None
+) -> bool:
+    """Run one job into `run_dir`; True when it completed. See the module docstring.
+
+    `job`: what the launcher knows (mode, sweep_dir, num, choices, ...) for the loggers."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = cfg.get("resume")
     t_start = time.perf_counter()
     recorder: _Recorder | None = None
+    loggers = None
     try:
         if resume:
             saved = run_dir / ".hydra" / "config.yaml"
@@ -229,6 +234,8 @@ def run_job(cfg: DictConfig, run_dir: Path, *, progress: bool | None = None) -> 
             log.info("resuming %s after epoch %d", run_dir, state.epoch)
         recorder = _Recorder(exp, run_dir, cfg, rows)
         recorder.checkpoints = hooks.checkpoints
+        loggers = build_loggers(cfg, run_dir, exp.network)
+        loggers.start(cfg, job, state)
         recorder.take_snapshot(state)
         if not resume:  # epoch 0: a failure in the first epoch still leaves a loadable `last`
             recorder.write_last()
@@ -248,8 +255,8 @@ def run_job(cfg: DictConfig, run_dir: Path, *, progress: bool | None = None) -> 
                 classification=exp.classification,
                 schedule=exp.schedule,
                 state=state,
-                callbacks=[recorder, *hooks.callbacks],
-                on_batch=on_batch,
+                callbacks=[recorder, loggers, *hooks.callbacks],
+                on_batch=loggers.on_batch(on_batch),
             )
         recorder.write_last()
         hooks.finish(state, recorder.rows)
@@ -281,6 +288,9 @@ def run_job(cfg: DictConfig, run_dir: Path, *, progress: bool | None = None) -> 
         rec.write_status(run_dir, "failed", f"{type(e).__name__}: {e}")
         log.error("run failed: %s: %s\n%s", type(e).__name__, e, traceback.format_exc())
         return False
+    finally:
+        if loggers is not None:  # after status.json is final; never raises
+            loggers.close()
 
 
 def _brief(s: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from neurons.data.config import DatasetConfig
+from neurons.loggers import LoggerConfig
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Config:
     resume: str | None = None  # a run directory to continue from its last checkpoint
     tag: str | None = None  # free-form label recorded with the run
     debug: DebugConfig = field(default_factory=DebugConfig)  # see conf/debug/
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger: csv, tensorboard, ...
 
 
 def register_schema() -> None:

@@ -157,7 +157,9 @@ def _resume_plan(run_dir: Path, rerun_failed: bool) -> str:
     return "rerun" if rerun_failed else "keep-failed"
 
 
-def run_sweep_job(cfg: DictConfig, run_dir: Path, hc: Any) -> float:
+def run_sweep_job(
+    cfg: DictConfig, run_dir: Path, hc: Any, job: dict[str, Any] | None = None
+) -> float:
     """One job of a multirun (see the module docstring); returns its monitored metric or NaN."""
     from neurons.run import run_job
 
@@ -183,12 +185,12 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, hc: Any) -> float:
             log.info("sweep resume: resuming %s from its last checkpoint", run_dir)
             rcfg = copy.deepcopy(cfg)
             rcfg.resume = str(run_dir)
-            run_job(rcfg, run_dir)
+            run_job(rcfg, run_dir, job=job)
         else:
             if plan == "rerun":
                 log.info("sweep resume: re-running %s (old records in %s)", run_dir, PREVIOUS)
                 _move_aside(run_dir)
-            run_job(cfg, run_dir)
+            run_job(cfg, run_dir, job=job)
         st = _status(run_dir) or {"status": "failed", "error": f"no {rec.STATUS} written"}
         outcome = {"status": st.get("status"), "error": st.get("error")}
     finally:
