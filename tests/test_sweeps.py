@@ -251,7 +251,7 @@ def test_optuna_search_is_seeded_and_writes_best_params(tmp_path):
     )
     assert p.returncode == 0, p.stderr
     text = (report / "README.md").read_text()
-    assert "6 jobs, 6 completed" in text
+    assert "6 jobs, 6 usable" in text
     assert "Search: best val_loss" in text
 
 
