@@ -4,6 +4,7 @@ namespace, from an empty directory), and compose/fit/load_sweep keep their promi
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import DictConfig
@@ -43,6 +44,12 @@ def test_readme_api_snippets_run(project):
     assert (run.run_dir / ".hydra" / "config.yaml").is_file()
     table = ns["sweep"].table()
     assert sorted(table.n_runs) == [2, 2] and table.variant.nunique() == 2
+    model, x = ns["model"], ns["x"]  # the loaded run predicts what its own network computes
+    proba = model.predict_proba(x)
+    assert proba.shape == (2, 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    assert list(model.predict(x)) == list(proba.argmax(axis=1))
+    val = ns["model"].evaluate("val")
+    assert val["acc"] == pytest.approx(run.summary["final"]["val_acc"], abs=1e-6)
 
 
 def test_fit_records_choices_and_overrides_for_compare(project):
