@@ -32,13 +32,16 @@ def _job(cfg: DictConfig) -> None:
         _failed.append("resume")
         return
     run_dir = Path(hc.runtime.output_dir)
-    if not run_job(cfg, run_dir):
+    if not run_job(cfg, run_dir, overrides=list(hc.overrides.task)):
         _failed.append(str(run_dir))
 
 
 def main() -> None:
+    from neurons.run import signals_as_interrupt
+
     try:
-        _job()
+        with signals_as_interrupt():  # SIGTERM and Ctrl-C are interrupts from the very start
+            _job()
     except KeyboardInterrupt:
         sys.exit(130)
     if _failed:
