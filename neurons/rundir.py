@@ -161,8 +161,8 @@ def inspect(run_dir: Path) -> DirState:
             status = str(rec.read_json(run_dir / rec.STATUS).get("status"))
         except (OSError, ValueError, AttributeError):
             status = "unreadable"
-        if status == "running" and owner is None:
-            status = "killed"
+        if status == "running" and owner in (None, os.getpid()):
+            status = "killed"  # its process is gone (this process has not written a status yet)
     others = [p.name for p in run_dir.iterdir() if p.name not in (*names, LOCK, RESERVE)]
     if not names:
         return DirState(run_dir, "other" if others else "empty", None, owner)

@@ -211,6 +211,12 @@ def fit(
                 hits += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
             if on_batch is not None:
                 on_batch(b + 1, n_batches, loss)
+        bad = nonfinite(model.named_parameters())
+        if bad:
+            raise NonFiniteLoss(
+                f"parameters {', '.join(bad[:3])} are not finite after epoch {epoch} "
+                f"(step {state.step}); {_HINT}"
+            )
         seconds = time.perf_counter() - t0
         row = {
             "epoch": epoch,
@@ -232,12 +238,6 @@ def fit(
                 y_val,
                 classification=classification,
                 batch_size=cfg.eval_batch_size,
-            )
-        bad = nonfinite(model.named_parameters())
-        if bad:
-            raise NonFiniteLoss(
-                f"parameters {', '.join(bad[:3])} are not finite after epoch {epoch} "
-                f"(step {state.step}); {_HINT}"
             )
         for key in ("val_loss", "val_acc") if evaluated else ():
             if not math.isfinite(row[key]) and not (key == "val_acc" and not classification):
