@@ -39,6 +39,7 @@ def _job(cfg: DictConfig) -> None:
 def main() -> None:
     from neurons.run import signals_as_interrupt
 
+    logging.raiseExceptions = False  # a full disk under run.log must not print tracebacks
     try:
         with signals_as_interrupt():  # SIGTERM and Ctrl-C are interrupts from the very start
             _job()

@@ -438,12 +438,18 @@ def dataset_config(cfg: DictConfig) -> DatasetConfig:
 
 def build_experiment(cfg: DictConfig, dataset: Dataset | None = None) -> Experiment:
     """Validate `cfg`, load the dataset (unless given) and build every object of a run."""
-    from neurons.preflight import check_arch_values, check_memory, known_shape, preflight
+    from neurons.preflight import (
+        check_arch_values,
+        check_memory,
+        dataset_settings,
+        known_shape,
+        preflight,
+    )
 
     preflight(cfg, dataset)  # values, types, memory and known shapes, before data is read
     if dataset is None:
         dataset = load_dataset(dataset_config(cfg))
-        if known_shape(dataset_config(cfg)) is None:
+        if known_shape(dataset_settings(cfg)) is None:
             check_memory(cfg, check_arch_values(cfg), dataset.sample_shape)
     log.info("dataset %s: %s", dataset.name, dataset.source)
     rng = np.random.default_rng(int(cfg.seed))

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from neurons.config import LAYERS, ConfigError, build_layer, build_network, validate
-from neurons.data import DatasetError, validate_config
+from neurons.data import DatasetConfig, DatasetError, validate_config
 from neurons.graph import Feedback
 from neurons.layers import BuildError, Conv2d, Dense, NormConv2d, NormDense
 
@@ -219,14 +219,24 @@ def known_shape(dcfg: Any) -> tuple[tuple[int, ...], int] | None:
     return shape, n_out
 
 
+def dataset_settings(cfg: DictConfig) -> DatasetConfig:
+    """`cfg.dataset` as a typed DatasetConfig (also for a saved config loaded without schema)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(DatasetConfig), cfg.dataset)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        raise ConfigError(f"dataset.{key}: {str(e).splitlines()[0]}") from None
+
+
 def preflight(cfg: DictConfig, dataset: Any = None) -> None:
     """Every check that needs no data: values, arch types, memory, and (where the dataset's
     shape is known from the config, or `dataset` is given) the network's full shape check."""
-    from neurons.config import dataset_config, resolve_objective
+    from neurons.config import resolve_objective
 
     validate(cfg)
     _int_key("train.lsuv_batch", cfg.train.lsuv_batch, 1)
-    dcfg = dataset_config(cfg)
+    dcfg = dataset_settings(cfg)
     validate_config(dcfg)
     arch = check_arch_values(cfg)
     if dataset is not None:
