@@ -314,6 +314,8 @@ def run_job(
                 saved = _load_saved(run_dir)
                 cfg = rundir.resume_config(saved, cfg, list(overrides or []))
             rundir.acquire(run_dir)
+            for note in rundir.pop_notes(run_dir):
+                log.warning("%s", note)
         except (rundir.RunDirError, ConfigError) as e:
             log.error("%s", e)
             return False

@@ -58,6 +58,7 @@ def _read_lock(fd: int) -> dict[str, Any]:
 
 
 _HELD: dict[Path, int] = {}  # resolved run dir -> fd of the lock this process holds
+_NOTES: dict[Path, list[str]] = {}  # resolved run dir -> notes for the run's log
 
 
 def lock_owner(run_dir: Path) -> int | None:
@@ -114,11 +115,9 @@ def acquire(run_dir: Path) -> None:
             os.close(fd)
         old = _read_lock(fd)
         if old.get("pid"):
-            log.warning(
-                "%s: stale lock of pid %s (%s) taken over; that process is gone",
-                run_dir,
-                old.get("pid"),
-                old.get("host"),
+            _NOTES.setdefault(key, []).append(
+                f"{run_dir}: stale lock of pid {old.get('pid')} ({old.get('host')}) taken over; "
+                "that process is gone"
             )
         body = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         os.ftruncate(fd, 0)
@@ -126,6 +125,11 @@ def acquire(run_dir: Path) -> None:
     except OSError as e:
         raise RunDirError(f"{path}: cannot take the run lock ({e.strerror or e})") from None
     _HELD[key] = fd
+
+
+def pop_notes(run_dir: Path) -> list[str]:
+    """What `acquire` found worth saying (a stale lock taken over), once, for the run's log."""
+    return _NOTES.pop(Path(run_dir).resolve(), [])
 
 
 def release(run_dir: Path) -> None:
