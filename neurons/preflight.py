@@ -59,10 +59,22 @@ def check_layer_types(spec: Any, path: str) -> None:
     if not isinstance(spec, dict) or spec.get("kind") not in LAYERS:
         return  # build_layer reports these
     cls = LAYERS[spec["kind"]]
-    params = inspect.signature(cls.__init__).parameters
+    params: dict[str, inspect.Parameter] = {}
+    for klass in reversed(cls.__mro__):  # `**kw` keys come from the base classes
+        if "__init__" in vars(klass) and klass is not object:
+            params.update(inspect.signature(klass.__init__).parameters)
     for key, value in spec.items():
         p = params.get(key)
-        if p is None or not _int_annotation(p.annotation):
+        if p is None:
+            continue
+        text = str(p.annotation)
+        if text.startswith("float"):  # float | None: a number (or null)
+            if value is None and "None" in text:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise BuildError(f"{path}.{key}: expected a number, found {value!r}")
+            continue
+        if not _int_annotation(text):
             continue
         seq = isinstance(value, list | tuple) and "tuple" in str(p.annotation)
         values = value if seq else [value]

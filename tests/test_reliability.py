@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from neurons import record as rec
 from neurons import rundir
@@ -325,6 +326,35 @@ def test_enospc_writing_a_checkpoint_ends_failed_in_one_line(tmp_path, monkeypat
     assert not [p for p in (d / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
+def test_a_disk_turning_read_only_mid_run_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """Every write fails with EROFS after the first epoch: the status cannot be recorded, so
+    one line on stderr names the file and the cause; the files on disk stay valid."""
+    import neurons.run as run
+
+    real, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+        if any(c.endswith("metrics.csv") for c in calls[:-1]):  # after the first epoch's row
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    d = tmp_path / "r"
+    with np.errstate(all="ignore"):
+        ok = run.run_job(compose("dataset=xor", "train.epochs=3"), d, progress=False)
+    monkeypatch.undo()
+    assert ok is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot record status 'failed' in {d / 'status.json'}" in err[0]
+    assert "Read-only file system" in err[0]
+    assert json.loads((d / rec.STATUS).read_text())["status"] == "running"  # as last written
+    assert [r["epoch"] for r in rec.read_metrics(d)] == [1]
+    arrays, _ = rec.load_checkpoint(d / "checkpoints" / "last.npz")
+    assert not rec.nonfinite_arrays(arrays)
+    assert rundir.inspect(d).status == "killed"  # a resume sees the owner gone
+
+
 # ------------------------------------------------------------------------------ config preflight
 @pytest.mark.parametrize(
     ("overrides", "message"),
@@ -334,6 +364,7 @@ def test_enospc_writing_a_checkpoint_ends_failed_in_one_line(tmp_path, monkeypat
         (["train.lsuv_batch=0", "arch.init=lsuv"], "train.lsuv_batch: expected an integer >= 1"),
         (["arch=mlp_looping", "arch.passes=abc"], "arch.passes: expected an integer >= 1"),
         (["+arch.layers.0.units=2.5"], "arch.layers[0].units: expected an integer, found 2.5"),
+        (["+arch.layers.0.activation_param=x"], "arch.layers[0].activation_param: expected a"),
         (["optimizer=sgdm", "optimizer.dampening=2"], "optimizer.dampening: expected"),
         (["train.schedule.name=step", "train.schedule.gamma=-1"], "train.schedule.gamma"),
         (["arch.width=100000000"], "arch.layers[1] with 10,000,000,100,000,000"),
@@ -349,7 +380,9 @@ def test_preflight_names_the_key_before_any_data(overrides, message, monkeypatch
     monkeypatch.setattr(neurons.config, "load_dataset", no_data)
     if overrides[0].startswith("+arch.layers"):
         cfg = compose("dataset=iris")
-        cfg.arch.layers[0].units = 2.5
+        key, value = overrides[0][len("+arch.layers.0.") :].split("=")
+        OmegaConf.set_struct(cfg, False)
+        cfg.arch.layers[0][key] = 2.5 if value == "2.5" else value
     else:
         cfg = compose(*overrides)
     with pytest.raises((ConfigError, BuildError, DatasetError)) as e:

@@ -178,7 +178,7 @@ def test_concurrent_runs_and_resume_refusals_on_one_directory(tmp_path):
     assert "optimizer.lr (0.001 -> 0.5)" in r.stderr and "train.batch_size (32 -> 8)" in r.stderr
     assert files(run) == snap  # refusals touch nothing
     sweep = tmp_path / "sweep"
-    s = cli(*FAST, "-m", "seed=0", "train.epochs=1", f"hydra.sweep.dir={sweep}")
+    s = cli("-m", *FAST, "seed=0", "train.epochs=1", f"hydra.sweep.dir={sweep}")
     assert s.returncode == 0, s.stderr
     snap = files(sweep)
     r = cli(f"resume={sweep}")
