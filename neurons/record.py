@@ -158,20 +158,26 @@ def _is_nan(v: Any) -> bool:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """METRICS as rows of floats (epoch, step as ints); a torn last line is not an epoch.
+
+    Reading stops at the first row that does not parse (what a crash can leave), so the rows
+    returned are always whole epochs in order.
+    """
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     rows = []
-    text = path.read_text()
+    text = path.read_text(errors="replace")
     if text and not text.endswith("\n"):  # a row torn by a kill mid-append: not an epoch
         text = text[: text.rfind("\n") + 1]
     with io.StringIO(text) as f:
         for r in csv.DictReader(f):
-            rows.append(
-                {k: (float(v) if v not in ("", None) else float("nan")) for k, v in r.items()}
-            )
-    for r in rows:
-        r["epoch"], r["step"] = int(r["epoch"]), int(r["step"])
+            try:
+                row = {k: (float(v) if v not in ("", None) else float("nan")) for k, v in r.items()}
+                row["epoch"], row["step"] = int(row["epoch"]), int(row["step"])
+            except (TypeError, ValueError, KeyError):
+                break
+            rows.append(row)
     return rows
 
 

@@ -2,7 +2,8 @@
 
 `run_job(cfg, run_dir)` never raises for a failing run: it writes status `failed` (or
 `interrupted` on Ctrl-C/SIGTERM, then re-raises so a sweep stops) and returns False, so one bad
-job in a sweep leaves the others running. Hydra itself is only imported by `neurons.__main__`.
+job in a sweep leaves the others running. Hydra itself is only imported by `neurons.__main__`
+(and its callback `neurons.guard`).
 """
 
 from __future__ import annotations

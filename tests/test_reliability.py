@@ -474,7 +474,7 @@ def test_csv_reading_has_bounded_memory_overhead(tmp_path):
 
 
 _FUZZ = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 

@@ -129,8 +129,8 @@ def signal_in(phase: str, sig: str, *args: str):
 @pytest.mark.parametrize(
     ("phase", "sig"),
     [
-        ("neurons.run.configure", "SIGTERM"),  # before the dataset
-        ("neurons.config.load_dataset", "SIGINT"),  # while loading data
+        pytest.param("neurons.run.configure", "SIGTERM", marks=pytest.mark.slow),  # at the start
+        pytest.param("neurons.config.load_dataset", "SIGINT", marks=pytest.mark.slow),  # loading
         ("neurons.run._summary", "SIGTERM"),  # after the last epoch: probes and summary
     ],
 )

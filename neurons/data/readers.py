@@ -368,7 +368,8 @@ def read_csv_dataset(
                 ys.append(_numeric_text(chunk, target_names, path, line))
                 frames.append(chunk[text])
                 line += len(chunk)
-        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+            # e.g. "Number of passed names did not match ...": a row longer than the header
             raise malformed(e) from None
         if not frames:
             raise DatasetError(f"{path}: no data rows after the header") from None
