@@ -198,10 +198,12 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             meta = json.loads(str(z["__meta__"])) if "__meta__" in z.files else {}
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({e})") from None
+    except ValueError as e:  # object arrays refused by allow_pickle=False, bad headers or JSON
+        raise CheckpointError(f"{path}: tampered or corrupt checkpoint ({e})") from None
     if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: damaged checkpoint (meta is not a mapping)")
+        raise CheckpointError(f"{path}: tampered or corrupt checkpoint (meta is not a mapping)")
     return arrays, meta
 
 

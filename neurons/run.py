@@ -169,7 +169,7 @@ def _checkpoint(path: Path) -> tuple[dict, dict]:
     arrays, meta = rec.load_checkpoint(path)
     lacking = sorted({"epoch", "train_state", "rng"} - set(meta))
     if lacking:
-        raise rec.CheckpointError(f"{path}: damaged checkpoint (its meta lacks {lacking})")
+        raise rec.CheckpointError(f"{path}: corrupt checkpoint (its meta lacks {lacking})")
     bad = rec.nonfinite_arrays(arrays)
     if bad:
         raise rec.CheckpointError(f"{path}: holds non-finite values in {', '.join(bad[:3])}")

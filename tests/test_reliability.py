@@ -110,7 +110,7 @@ def test_truncated_checkpoint_names_the_file(tmp_path):
     path = tmp_path / "last.npz"
     rec.save_checkpoint(path, {"a": np.zeros(1000)}, {"epoch": 1})
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(rec.CheckpointError, match=r"last\.npz: damaged checkpoint"):
+    with pytest.raises(rec.CheckpointError, match=r"last\.npz: truncated or corrupt checkpoint"):
         rec.load_checkpoint(path)
 
 

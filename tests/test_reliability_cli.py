@@ -205,7 +205,7 @@ def test_sigkill_leaves_a_resumable_run_and_a_torn_checkpoint_falls_back(tmp_pat
     r = cli(f"resume={run}")
     assert r.returncode == 0, r.stderr
     log = (run / "run.log").read_text()
-    assert f"{ck / 'last.npz'}: damaged checkpoint" in log
+    assert f"{ck / 'last.npz'}: truncated or corrupt checkpoint" in log
     assert f"falling back to {ck / 'best.npz'}" in log
     assert "stale lock of pid" in log and "stale temp file" in log
     assert not (ck / ".last.npz.x7k2p9").exists()
