@@ -358,6 +358,8 @@ def read_csv_dataset(
         frame = pd.read_csv(path, dtype=dtypes, **read)
         x = _numeric_typed(frame, feature_names, path)
         y = _numeric_typed(frame, target_names, path) if target_names else None
+    except DatasetError:
+        raise
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise malformed(e) from None
     except (ValueError, TypeError):  # a cell that is not a number: find it on the text path
@@ -368,6 +370,8 @@ def read_csv_dataset(
                 ys.append(_numeric_text(chunk, target_names, path, line))
                 frames.append(chunk[text])
                 line += len(chunk)
+        except DatasetError:
+            raise
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
             # e.g. "Number of passed names did not match ...": a row longer than the header
             raise malformed(e) from None
