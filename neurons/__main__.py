@@ -46,7 +46,7 @@ def _job(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     if str(hc.mode) == "RunMode.MULTIRUN":  # outcomes collected by neurons.sweep.SweepCallback
         return sweep.run_sweep_job(cfg, run_dir, hc, job=_job_info(hc))
-    if not run_job(cfg, run_dir, job=_job_info(hc)):
+    if not run_job(cfg, run_dir, overrides=list(hc.overrides.task), job=_job_info(hc)):
         _failed.append(str(run_dir))
     return sweep.monitored_value(run_dir)
 
@@ -75,6 +75,9 @@ def _job_info(hc: DictConfig) -> dict:
 
 
 def main() -> None:
+    from neurons.run import signals_as_interrupt
+
+    logging.raiseExceptions = False  # a full disk under run.log must not print tracebacks
     bad = sweep.check_resume_args(sys.argv[1:])
     if bad:
         print(f"neurons: {bad}", file=sys.stderr)
@@ -90,7 +93,8 @@ def main() -> None:
         sys.exit(2)
     sys.argv[1:] = normalize_overrides(rest)
     try:
-        _job()
+        with signals_as_interrupt():  # SIGTERM and Ctrl-C are interrupts from the very start
+            _job()
     except KeyboardInterrupt:
         sys.exit(130)
     failed = sweep.failed_jobs()

@@ -133,6 +133,10 @@ def validate(cfg: DictConfig) -> None:
     _num("optimizer.weight_decay", o.weight_decay, lo=0.0)
     if name in ("sgdm", "rmsprop"):
         _num("optimizer.momentum", o.momentum, lo=0.0)
+    if name == "sgdm" and not 0 <= _num("optimizer.dampening", o.dampening, lo=0.0) <= 1:
+        raise ConfigError(f"optimizer.dampening: expected a number in [0, 1], found {o.dampening}")
+    if name == "rmsprop" and not 0 <= _num("optimizer.alpha", o.alpha, lo=0.0) < 1:
+        raise ConfigError(f"optimizer.alpha: expected a number in [0, 1), found {o.alpha}")
     if name == "sgdm" and o.nesterov and (o.momentum <= 0 or o.dampening != 0):
         raise ConfigError(
             "optimizer.nesterov: needs optimizer.momentum > 0 and optimizer.dampening = 0, "
@@ -177,6 +181,15 @@ def validate(cfg: DictConfig) -> None:
         )
     if sch.name == "step":
         _int("train.schedule.step_size", sch.step_size, 1)
+    if sch.name in ("step", "exponential"):
+        _num("train.schedule.gamma", sch.gamma, lo=0.0, lo_open=True)
+    if sch.name == "cosine":
+        _num("train.schedule.min_lr", sch.min_lr, lo=0.0)
+    if sch.warmup_epochs > 0:
+        key = "train.schedule.warmup_start_factor"
+        f = _num(key, sch.warmup_start_factor, lo=0.0, lo_open=True)
+        if f > 1:
+            raise ConfigError(f"{key}: expected a number in (0, 1], found {f}")
     _int("seed", cfg.seed, 0)
     if not isinstance(cfg.arch, DictConfig | dict):
         raise ConfigError(f"arch: expected a mapping (an arch/ config), found {cfg.arch!r}")
@@ -430,9 +443,19 @@ def dataset_config(cfg: DictConfig) -> DatasetConfig:
 
 def build_experiment(cfg: DictConfig, dataset: Dataset | None = None) -> Experiment:
     """Validate `cfg`, load the dataset (unless given) and build every object of a run."""
-    validate(cfg)
+    from neurons.preflight import (
+        check_arch_values,
+        check_memory,
+        dataset_settings,
+        known_shape,
+        preflight,
+    )
+
+    preflight(cfg, dataset)  # values, types, memory and known shapes, before data is read
     if dataset is None:
         dataset = load_dataset(dataset_config(cfg))
+        if known_shape(dataset_settings(cfg)) is None:
+            check_memory(cfg, check_arch_values(cfg), dataset.sample_shape)
     log.info("dataset %s: %s", dataset.name, dataset.source)
     rng = np.random.default_rng(int(cfg.seed))
     objective_name = resolve_objective(cfg.objective.name, dataset.task)

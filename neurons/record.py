@@ -1,7 +1,8 @@
 """Run records: the files a run writes and the comparison module reads. Atomic writes only.
 
-A run directory holds `.hydra/` (Hydra's), METRICS (one row per epoch, rewritten atomically
-every epoch), SUMMARY (final/best/probe metrics, timing, threads, versions, data source),
+A run directory holds `.hydra/` (Hydra's), METRICS (one row per epoch, appended with one
+fsynced write per row; a torn last line is ignored), SUMMARY (final/best/probe metrics,
+timing, threads, versions, data source),
 STATUS (running | completed | failed | interrupted, with the error), LOG, and CHECKPOINTS/
 {last,best}.npz (model, optimizer state, rng state, train state; `allow_pickle=False`).
 """
@@ -15,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +42,42 @@ METRIC_COLUMNS = (
 )
 
 
+class RecordWriteError(OSError):
+    """A run record could not be written (full disk, read-only directory); names file and cause."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, truncated or holds non-finite values; names the file."""
+
+
+def _write_error(path: Path, e: OSError) -> RecordWriteError:
+    return RecordWriteError(e.errno, e.strerror or str(e), str(path))
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+    """Write to a temp file in the same directory, fsync, then rename over `path`.
+
+    On failure the temp file is removed and `path` keeps its previous content; an OSError is
+    re-raised as RecordWriteError naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, RecordWriteError):
+            raise _write_error(path, e) from None
         raise
 
 
@@ -83,14 +108,49 @@ def write_status(run_dir: Path, status: str, error: str | None = None, **extra: 
     write_json(Path(run_dir) / STATUS, body)
 
 
-def write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
-    """Rewrite METRICS with every row so far (small; atomic, so never half-written)."""
+def _metrics_text(rows: list[dict[str, float]], header: bool) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
+    if header:
+        w.writeheader()
     for r in rows:
         w.writerow({k: ("" if _is_nan(r.get(k)) else r.get(k)) for k in METRIC_COLUMNS})
-    write_atomic(Path(run_dir) / METRICS, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    """Rewrite METRICS atomically with the header and `rows` (at a run's start or a resume)."""
+    write_atomic(Path(run_dir) / METRICS, _metrics_text(rows, header=True))
+
+
+def append_metrics(run_dir: Path, row: dict[str, float]) -> None:
+    """Append one row to METRICS with a single write, then fsync (O(1) per epoch).
+
+    A kill can at worst leave a torn last line without its newline, which `read_metrics`
+    ignores; a failed write (full disk) is truncated back so the file stays whole.
+    """
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        write_metrics(run_dir, [])
+    data = _metrics_text([row], header=False).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(28, "short write (disk full?)")
+            os.fsync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise _write_error(path, e) from None
+    finally:
+        os.close(fd)
 
 
 def _is_nan(v: Any) -> bool:
@@ -98,17 +158,26 @@ def _is_nan(v: Any) -> bool:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """METRICS as rows of floats (epoch, step as ints); a torn last line is not an epoch.
+
+    Reading stops at the first row that does not parse (what a crash can leave), so the rows
+    returned are always whole epochs in order.
+    """
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     rows = []
-    with path.open() as f:
+    text = path.read_text(errors="replace")
+    if text and not text.endswith("\n"):  # a row torn by a kill mid-append: not an epoch
+        text = text[: text.rfind("\n") + 1]
+    with io.StringIO(text) as f:
         for r in csv.DictReader(f):
-            rows.append(
-                {k: (float(v) if v not in ("", None) else float("nan")) for k, v in r.items()}
-            )
-    for r in rows:
-        r["epoch"], r["step"] = int(r["epoch"]), int(r["step"])
+            try:
+                row = {k: (float(v) if v not in ("", None) else float("nan")) for k, v in r.items()}
+                row["epoch"], row["step"] = int(row["epoch"]), int(row["step"])
+            except (TypeError, ValueError, KeyError):
+                break
+            rows.append(row)
     return rows
 
 
@@ -122,7 +191,26 @@ def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, A
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if k != "__meta__"}
-        meta = json.loads(str(z["__meta__"])) if "__meta__" in z.files else {}
+    """Arrays and meta of a checkpoint; CheckpointError naming the file if it is damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+            meta = json.loads(str(z["__meta__"])) if "__meta__" in z.files else {}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({e})") from None
+    except ValueError as e:  # object arrays refused by allow_pickle=False, bad headers or JSON
+        raise CheckpointError(f"{path}: tampered or corrupt checkpoint ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: tampered or corrupt checkpoint (meta is not a mapping)")
     return arrays, meta
+
+
+def nonfinite_arrays(arrays: dict[str, np.ndarray]) -> list[str]:
+    """Names of the floating-point arrays holding NaN or Inf (a good checkpoint has none)."""
+    return [
+        k
+        for k, v in arrays.items()
+        if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()
+    ]

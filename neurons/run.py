@@ -2,7 +2,8 @@
 
 `run_job(cfg, run_dir)` never raises for a failing run: it writes status `failed` (or
 `interrupted` on Ctrl-C/SIGTERM, then re-raises so a sweep stops) and returns False, so one bad
-job in a sweep leaves the others running. Hydra itself is only imported by `neurons.__main__`.
+job in a sweep leaves the others running. Hydra itself is only imported by `neurons.__main__`
+(and its callback `neurons.guard`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from neurons import __version__, debug
+from neurons import __version__, debug, rundir
 from neurons import record as rec
 from neurons.config import ConfigError, Experiment, build_experiment, build_loggers
 from neurons.data import DatasetError
@@ -35,20 +36,61 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C."""
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated(f"signal {signum}")
+_caught: list[int] = []  # signals the handler has seen in this process (newest last)
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _caught.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated(f"signal {signum}")
+
+
+@contextmanager
+def signals_as_interrupt():
+    """SIGTERM raises Terminated and SIGINT KeyboardInterrupt inside the block (main thread)."""
     try:
-        old = signal.signal(signal.SIGTERM, handler)
+        old = {s: signal.signal(s, _on_signal) for s in _SIGNALS}
     except ValueError:  # not the main thread (e.g. some launchers): leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _signals_blocked():
+    """Hold SIGTERM/SIGINT back while the final records are written (delivered afterwards)."""
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    except (ValueError, OSError, AttributeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+
+def _interrupt_of(e: BaseException, n_seen: int) -> KeyboardInterrupt | None:
+    """The interrupt behind `e`: itself, one in its cause/context chain (a signal landing in a
+    numba call surfaces as `SystemError ... returned a result with an exception set`), or a
+    signal the handler saw since the run started."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        if isinstance(x, KeyboardInterrupt):
+            return x
+        seen.add(id(x))
+        x = x.__cause__ or x.__context__
+    if len(_caught) > n_seen:
+        sig = _caught[-1]
+        return Terminated(f"signal {sig}") if sig == signal.SIGTERM else KeyboardInterrupt()
+    return None
 
 
 def _versions() -> dict[str, str]:
@@ -89,14 +131,19 @@ class _Recorder:
         self.snapshot = (arrays, meta)
 
     def write_last(self) -> None:
-        if self.snapshot is not None and self.checkpoints:
-            rec.save_checkpoint(self.ckpt_dir / rec.LAST, *self.snapshot)
+        if self.snapshot is None or not self.checkpoints:
+            return
+        bad = rec.nonfinite_arrays(self.snapshot[0])
+        if bad:  # never replace a good checkpoint with one holding NaN/Inf
+            log.error("not saving a checkpoint with non-finite %s", ", ".join(bad[:3]))
+            return
+        rec.save_checkpoint(self.ckpt_dir / rec.LAST, *self.snapshot)
 
     def __call__(self, state: TrainState, row: dict, improved: bool) -> None:
         self.wall0 += row["seconds"]
         row = dict(row, wall=self.wall0)
         self.rows.append(row)
-        rec.write_metrics(self.run_dir, self.rows)
+        rec.append_metrics(self.run_dir, row)
         self.take_snapshot(state)
         if improved and self.checkpoints:
             rec.save_checkpoint(self.ckpt_dir / rec.BEST, *self.snapshot)  # type: ignore[misc]
@@ -118,29 +165,72 @@ class _Recorder:
         )
 
 
-def _restore(exp: Experiment, run_dir: Path) -> tuple[TrainState, list[dict]]:
-    """Load `last` into the experiment's objects; returns the train state and metrics rows."""
-    path = run_dir / rec.CHECKPOINTS / rec.LAST
-    if not path.exists():
-        raise ConfigError(f"resume: {path} does not exist; nothing to resume from")
+def _checkpoint(path: Path) -> tuple[dict, dict]:
+    """A checkpoint that is whole and finite, or CheckpointError naming the file and the fault."""
     arrays, meta = rec.load_checkpoint(path)
-    exp.network.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-    exp.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
-    exp.rng.bit_generator.state = meta["rng"]
-    ts = meta["train_state"]
-    state = TrainState(
-        epoch=ts["epoch"],
-        step=ts["step"],
-        best_value=float("nan") if ts["best_value"] is None else ts["best_value"],
-        best_epoch=ts["best_epoch"],
-        wait=ts["wait"],
-        stopped_early=ts["stopped_early"],
-    )
+    lacking = sorted({"epoch", "train_state", "rng"} - set(meta))
+    if lacking:
+        raise rec.CheckpointError(f"{path}: corrupt checkpoint (its meta lacks {lacking})")
+    bad = rec.nonfinite_arrays(arrays)
+    if bad:
+        raise rec.CheckpointError(f"{path}: holds non-finite values in {', '.join(bad[:3])}")
+    return arrays, meta
+
+
+def _newest_checkpoint(run_dir: Path) -> tuple[Path, dict, dict]:
+    """The valid checkpoint with most epochs among `last` and `best`; says what was skipped."""
+    ck = run_dir / rec.CHECKPOINTS
+    found, problems = [], []
+    for name in (rec.LAST, rec.BEST):
+        if not (ck / name).exists():
+            continue
+        try:
+            found.append((ck / name, *_checkpoint(ck / name)))
+        except rec.CheckpointError as e:
+            problems.append(str(e))
+    if not found:
+        raise rec.CheckpointError(
+            "resume: no valid checkpoint: " + ("; ".join(problems) or f"none in {ck}")
+        )
+    path, arrays, meta = max(found, key=lambda f: int(f[2]["epoch"]))
+    for p in problems:
+        log.warning("%s; falling back to %s (epoch %d)", p, path, int(meta["epoch"]))
+    return path, arrays, meta
+
+
+def _restore(exp: Experiment, run_dir: Path) -> tuple[TrainState, list[dict]]:
+    """Load the newest valid checkpoint into `exp`; returns the train state and metrics rows."""
+    path, arrays, meta = _newest_checkpoint(run_dir)
+    try:
+        exp.network.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+        exp.optimizer.load_state_dict(
+            {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
+        )
+        exp.rng.bit_generator.state = meta["rng"]
+        ts = meta["train_state"]
+        state = TrainState(
+            epoch=ts["epoch"],
+            step=ts["step"],
+            best_value=float("nan") if ts["best_value"] is None else ts["best_value"],
+            best_epoch=ts["best_epoch"],
+            wait=ts["wait"],
+            stopped_early=ts["stopped_early"],
+        )
+    except (KeyError, ValueError, TypeError) as e:
+        raise rec.CheckpointError(f"{path}: does not match this run's network ({e})") from None
+    if state.epoch > exp.train.epochs:
+        raise ConfigError(
+            f"resume: {path} already holds {state.epoch} epochs, more than train.epochs="
+            f"{exp.train.epochs}"
+        )
     es = exp.train.early_stopping
     best = run_dir / rec.CHECKPOINTS / rec.BEST
     if es is not None and es.restore_best and best.exists():
-        b, _ = rec.load_checkpoint(best)
-        state.best_state = {k[6:]: v for k, v in b.items() if k.startswith("model.")}
+        try:
+            b, _ = _checkpoint(best)
+            state.best_state = {k[6:]: v for k, v in b.items() if k.startswith("model.")}
+        except rec.CheckpointError as e:
+            log.warning("%s; restore_best will use the best epoch from here on", e)
     rows = [r for r in rec.read_metrics(run_dir) if r["epoch"] <= state.epoch]
     return state, rows
 
@@ -203,35 +293,84 @@ def _summary(
 
 
 def run_job(
-    cfg: DictConfig, run_dir: Path, *, progress: bool | None = None, job: dict | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    progress: bool | None = None,
+    overrides: list[str] | None = None,
+    job: dict | None = None,
 ) -> bool:
     """Run one job into `run_dir`; True when it completed. See the module docstring.
 
-    `job`: what the launcher knows (mode, sweep_dir, num, choices, ...) for the loggers."""
+    With `cfg.resume` set, `run_dir` must be an interrupted or failed run (see
+    `neurons.rundir.check_resumable`); its saved config is used, and `overrides` (the command
+    line's) may only change settings that leave the epochs already run unchanged. A directory
+    that is refused (another run's, locked, not resumable) is left untouched.
+    `job`: what the launcher knows (mode, sweep_dir, num, choices, ...) for the loggers.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume = cfg.get("resume")
+    resume = bool(cfg.get("resume"))
+    n_seen = len(_caught)
+    with signals_as_interrupt():
+        try:
+            if resume:
+                rundir.check_resumable(run_dir)
+                saved = _load_saved(run_dir)
+                cfg = rundir.resume_config(saved, cfg, list(overrides or []))
+            rundir.acquire(run_dir)
+            for note in rundir.pop_notes(run_dir):
+                log.warning("%s", note)
+        except (rundir.RunDirError, ConfigError) as e:
+            log.error("%s", e)
+            return False
+        try:
+            if not resume:
+                rundir.check_fresh(run_dir, hydra_written=True)
+        except rundir.RunDirError as e:
+            rundir.release(run_dir)
+            log.error("%s", e)
+            return False
+        try:
+            return _run_locked(cfg, run_dir, resume, progress, n_seen, job)
+        finally:
+            rundir.free_reserve(run_dir)
+            rundir.release(run_dir)
+
+
+def _load_saved(run_dir: Path) -> DictConfig:
+    saved = run_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = OmegaConf.load(saved)
+    except Exception as e:  # a damaged YAML file: name it
+        raise rundir.RunDirError(f"resume: cannot read {saved} ({type(e).__name__}: {e})") from None
+    if not isinstance(cfg, DictConfig):
+        raise rundir.RunDirError(f"resume: {saved} is not a config mapping")
+    return cfg
+
+
+def _run_locked(
+    cfg: DictConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool | None,
+    n_seen: int,
+    job: dict | None,
+) -> bool:
     t_start = time.perf_counter()
     recorder: _Recorder | None = None
     loggers = None
     try:
         if resume:
-            saved = run_dir / ".hydra" / "config.yaml"
-            if not saved.exists():
-                raise ConfigError(f"resume: {saved} not found; expected a run directory")
-            status_file = run_dir / rec.STATUS
-            if status_file.exists() and rec.read_json(status_file).get("status") == "completed":
-                log.info("resume: %s already completed; nothing to do", run_dir)
-                return True
-            cfg = OmegaConf.load(saved)  # the run's own config, so it is reproduced exactly
-            cfg.resume = None
-        rec.write_status(run_dir, "running", resumed=bool(resume))
+            rundir.clean_stale_temps(run_dir)
+        rundir.reserve_space(run_dir)
+        rec.write_status(run_dir, "running", resumed=resume)
         threads = configure(cfg.train.threads)
         exp = build_experiment(cfg)
         hooks = debug.prepare(cfg, exp, run_dir)
         state, rows = _restore(exp, run_dir) if resume else (TrainState(), [])
         if resume:
             log.info("resuming %s after epoch %d", run_dir, state.epoch)
+        rec.write_metrics(run_dir, rows)  # the header (and on resume the rows kept), atomically
         recorder = _Recorder(exp, run_dir, cfg, rows)
         recorder.checkpoints = hooks.checkpoints
         loggers = build_loggers(cfg, run_dir, exp.network)
@@ -241,7 +380,7 @@ def run_job(
             recorder.write_last()
         show = progress if progress is not None else bool(cfg.train.progress)
         show = show and sys.stderr.isatty()
-        with _sigterm_as_interrupt(), _progress(show, exp, state) as on_batch:
+        with _progress(show, exp, state) as on_batch:
             state = fit(
                 exp.network,
                 exp.objective,
@@ -265,32 +404,62 @@ def run_job(
         rec.write_status(run_dir, "completed")
         log.info("completed: %s", _brief(summary))
         return True
-    except KeyboardInterrupt as e:
-        if recorder is not None:
-            recorder.write_last()
-        what = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
-        rec.write_status(run_dir, "interrupted", f"interrupted by {what}")
-        log.warning("interrupted by %s; last checkpoint kept in %s", what, run_dir)
-        raise
-    except (ConfigError, BuildError, DatasetError) as e:
-        rec.write_status(run_dir, "failed", str(e))
-        log.error("%s", e)
-        return False
-    except NonFiniteLoss as e:
-        if recorder is not None:
-            recorder.write_last()
-        rec.write_status(run_dir, "failed", str(e))
-        log.error("%s; the last good checkpoint is kept", e)
-        return False
-    except Exception as e:  # a bug or an unexpected failure: keep the traceback in the log
-        if recorder is not None:
-            recorder.write_last()
-        rec.write_status(run_dir, "failed", f"{type(e).__name__}: {e}")
-        log.error("run failed: %s: %s\n%s", type(e).__name__, e, traceback.format_exc())
-        return False
+    except BaseException as e:
+        return _end(e, run_dir, recorder, n_seen)
     finally:
         if loggers is not None:  # after status.json is final; never raises
             loggers.close()
+
+
+_ONE_LINE = (
+    ConfigError,
+    BuildError,
+    DatasetError,
+    NonFiniteLoss,
+    rec.RecordWriteError,
+    rec.CheckpointError,
+    rundir.RunDirError,
+)
+
+
+def _end(e: BaseException, run_dir: Path, recorder: _Recorder | None, n_seen: int) -> bool:
+    """Record how a run ended early (interrupted or failed) and keep its last good checkpoint.
+
+    Re-raises an interrupt (so a sweep stops) and anything that is not an Exception.
+    """
+    interrupt = _interrupt_of(e, n_seen)
+    with _signals_blocked():
+        kept = ""
+        if recorder is not None:
+            try:
+                recorder.write_last()
+            except OSError as w:  # a full or read-only disk: the previous `last` stays valid
+                kept = f"; the checkpoint on disk is the previous one ({w})"
+        if interrupt is not None:
+            what = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
+            status, message = "interrupted", f"interrupted by {what}"
+            log.warning("interrupted by %s; last checkpoint kept in %s%s", what, run_dir, kept)
+        elif isinstance(e, _ONE_LINE):
+            status, message = "failed", str(e)
+            log.error("%s%s", e, "; the last good checkpoint is kept" if recorder else "")
+        elif isinstance(e, Exception):  # a bug or an unexpected failure: keep the traceback
+            status, message = "failed", f"{type(e).__name__}: {e}"
+            log.error("run failed: %s\n%s", message, traceback.format_exc())
+        else:
+            status, message = "failed", f"{type(e).__name__}: {e}"
+        if kept and interrupt is None:
+            log.error("%s", kept[2:])
+        if not rundir.write_final_status(run_dir, status, message):
+            print(
+                f"neurons: cannot record status {status!r} in {run_dir / rec.STATUS} "
+                f"(the disk is full or read-only); the run {status}: {message}",
+                file=sys.stderr,
+            )
+    if interrupt is not None:
+        raise interrupt from None
+    if not isinstance(e, Exception):
+        raise e
+    return False
 
 
 def _brief(s: dict[str, Any]) -> str:

@@ -22,7 +22,18 @@ from neurons.optim import clip_by_value, clip_grad_norm
 
 
 class NonFiniteLoss(FloatingPointError):
-    """The training loss became NaN or Inf; the message names the epoch and batch."""
+    """The training loss, a gradient, a parameter or a validation metric became NaN or Inf.
+
+    The message names what (the parameter, the metric), the epoch and, within an epoch, the batch.
+    """
+
+
+_HINT = "try a smaller optimizer.lr or train.clip_norm"
+
+
+def nonfinite(arrays: dict[str, Array]) -> list[str]:
+    """Names of the arrays holding NaN or Inf."""
+    return [k for k, v in arrays.items() if not np.isfinite(v).all()]
 
 
 @dataclass
@@ -129,10 +140,15 @@ def train_step(
         loss, dout = objective.loss_grad_logits(out, yb)
     else:
         loss, dout = objective.loss_grad(out, yb)
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"training loss is {float(loss)}")
     if cfg.clip_value is not None:
         dout = clip_by_value(dout, -cfg.clip_value, cfg.clip_value)
     model.backward(dout.astype(model.dtype, copy=False), tape)
     grads = model.named_grads()
+    bad = nonfinite(grads)
+    if bad:  # before the step, so the parameters stay as they were
+        raise NonFiniteLoss(f"gradient of {', '.join(bad[:3])} is not finite")
     if cfg.clip_norm is not None:
         clip_grad_norm(grads, cfg.clip_norm)
     optimizer.step(grads)
@@ -182,18 +198,25 @@ def fit(
             idx = order[b * bs : (b + 1) * bs]
             xb = x_train[idx].astype(dtype, copy=False)
             yb = y_train[idx].astype(dtype, copy=False)
-            loss, out = train_step(model, objective, optimizer, xb, yb, rng, cfg)
-            if not math.isfinite(loss):
+            try:
+                loss, out = train_step(model, objective, optimizer, xb, yb, rng, cfg)
+            except NonFiniteLoss as e:
                 raise NonFiniteLoss(
-                    f"training loss is {loss} at epoch {epoch}, batch {b + 1} of {n_batches} "
-                    f"(step {state.step + 1}); try a smaller optimizer.lr or train.clip_norm"
-                )
+                    f"{e} at epoch {epoch}, batch {b + 1} of {n_batches} "
+                    f"(step {state.step + 1}); {_HINT}"
+                ) from None
             state.step += 1
             loss_sum += loss * len(idx)
             if classification:
                 hits += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
             if on_batch is not None:
                 on_batch(b + 1, n_batches, loss)
+        bad = nonfinite(model.named_parameters())
+        if bad:
+            raise NonFiniteLoss(
+                f"parameters {', '.join(bad[:3])} are not finite after epoch {epoch} "
+                f"(step {state.step}); {_HINT}"
+            )
         seconds = time.perf_counter() - t0
         row = {
             "epoch": epoch,
@@ -216,6 +239,9 @@ def fit(
                 classification=classification,
                 batch_size=cfg.eval_batch_size,
             )
+        for key in ("val_loss", "val_acc") if evaluated else ():
+            if not math.isfinite(row[key]) and not (key == "val_acc" and not classification):
+                raise NonFiniteLoss(f"validation {key[4:]} is {row[key]} at epoch {epoch}; {_HINT}")
         state.epoch = epoch
         improved = False
         value = row.get(judge.monitor, float("nan"))

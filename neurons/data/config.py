@@ -81,6 +81,12 @@ def validate_config(cfg: DatasetConfig) -> None:
         value = getattr(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool):
             raise _bad(key, "an integer", value)
+    if cfg.split_seed < 0:
+        raise _bad("split_seed", "an integer >= 0", cfg.split_seed)
+    for key in ("val_split", "test_split"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad(key, "a number", value)
     if cfg.downsample < 1:
         raise _bad("downsample", "an integer >= 1 (1 = no pooling)", cfg.downsample)
     for key in ("limit", "eval_limit"):

@@ -678,6 +678,13 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
     y_tr_e, y_te_e = enc(y_tr), enc(y_te)
     y_va_e = y_te_e if val_is_test else (y_tr_e if val_is_train else enc(y_va))
 
+    for split, arr in (("train", x_tr_p), ("val", x_va_p), ("test", x_te_p)):
+        if arr is not None and not np.isfinite(arr).all():
+            r = int(np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)))[0][0])
+            raise DatasetError(
+                f"{name}: the {split} split holds non-finite values after preprocessing "
+                f"({', '.join(notes)}), first in sample {r}: values too large for float32"
+            )
     ds = Dataset(
         name=name,
         task=task,
