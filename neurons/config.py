@@ -357,6 +357,7 @@ class Experiment:
     train: TrainConfig
     rng: np.random.Generator
     classification: bool
+    compat: Any = None  # neurons.compat.CompatConfig (which of the crate's quirks are on)
 
 
 def resolve_objective(name: str, task: str) -> str:
@@ -452,7 +453,7 @@ def build_experiment(cfg: DictConfig, dataset: Dataset | None = None) -> Experim
     log.info("network (%s parameters)\n%s", f"{net.n_params():,}", net.summary())
     optimizer = build_optimizer(cfg.optimizer, net.named_parameters())
     schedule = build_schedule(cfg.train, float(cfg.optimizer.lr))
-    return Experiment(
+    exp = Experiment(
         dataset=dataset,
         network=net,
         objective=make_objective(objective_name),
@@ -463,3 +464,19 @@ def build_experiment(cfg: DictConfig, dataset: Dataset | None = None) -> Experim
         rng=rng,
         classification=dataset.task == "classification",
     )
+    return apply_compat(exp, cfg)
+
+
+def apply_compat(exp: Experiment, cfg: DictConfig) -> Experiment:
+    """The `compat` group: switch on the original crate's quirks (neurons.compat)."""
+    from neurons.compat import CompatConfig
+    from neurons.compat.engine import apply
+
+    try:
+        flags = CompatConfig.from_mapping(cfg.get("compat"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    exp.compat = flags
+    if not flags.any():
+        return exp
+    return apply(exp, flags, lambda params: build_optimizer(cfg.optimizer, params))
