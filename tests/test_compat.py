@@ -235,6 +235,25 @@ def test_one_quirk_off_and_bad_values():
         build_experiment(cfg_of("compat.adam_step=step", "train.epochs=1"))
 
 
+@pytest.mark.parametrize("quirk", ["init", "adam_step", "loop_backward", "data"])
+def test_ablate_turns_exactly_one_quirk_off(quirk):
+    exp = build_experiment(cfg_of("compat=neurons", f"compat.ablate={quirk}", "train.epochs=1"))
+    assert set(CompatConfig.all_on().on()) - set(exp.compat.on()) == {quirk}
+    assert exp.compat.record()["ablate"] == quirk
+    with pytest.raises(ConfigError, match="compat.ablate"):
+        build_experiment(cfg_of("compat=neurons", "compat.ablate=speed", "train.epochs=1"))
+
+
+def test_presets_compose():
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        grid = compose("config", ["experiment=compare_iris_compat"], return_hydra_config=True)
+        abl = compose("config", ["experiment=compare_iris_ablation"], return_hydra_config=True)
+    assert grid.compat.name == "neurons" and grid.train.batch_size == 1
+    assert str(grid.hydra.sweeper.params.seed) == "range(0,20)"
+    switches = str(abl.hydra.sweeper.params["compat.ablate"]).split(",")
+    assert set(switches) <= set(CompatConfig.all_on().on()) and len(switches) >= 10
+
+
 def test_runner_compat_mode_reproduces_the_crate():
     """compat=neurons through build_experiment (our iris loader, the original shuffle, the
     crate's two iris rows) + the fixture's initial weights = the crate's numbers."""

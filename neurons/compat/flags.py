@@ -48,6 +48,7 @@ class CompatConfig:
     no_reshuffle: bool = False
     batch_mean_loss: bool = False
     data: bool = False
+    ablate: str = ""  # ablation: one switch name to turn off (its textbook behaviour), "" = none
 
     @classmethod
     def all_on(cls, name: str = "neurons") -> CompatConfig:
@@ -77,9 +78,18 @@ class CompatConfig:
             elif key == "name":
                 if not isinstance(value, str):
                     raise ValueError(f"{path}.name: expected a string, found {value!r}")
+            elif key == "ablate":
+                if value not in ("", None, *DESCRIPTIONS):
+                    raise ValueError(
+                        f"{path}.ablate: expected one of {', '.join(DESCRIPTIONS)} (or empty), "
+                        f"found {value!r}"
+                    )
             elif not isinstance(value, bool):
                 raise ValueError(f"{path}.{key}: expected true or false, found {value!r}")
-        return cls(**d)
+        flags = cls(**{**d, "ablate": d.get("ablate") or ""})
+        if flags.ablate:  # the ablation: that one quirk back to the textbook engine
+            setattr(flags, flags.ablate, cls.__dataclass_fields__[flags.ablate].default)
+        return flags
 
     def on(self) -> list[str]:
         """Names of the switches that are on, in DESCRIPTIONS order."""
