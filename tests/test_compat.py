@@ -285,3 +285,54 @@ def test_runner_compat_mode_reproduces_the_crate():
     np.testing.assert_allclose([r["train_loss"] for r in rows], case.raw["train_loss"], atol=1e-5)
     np.testing.assert_allclose([r["val_loss"] for r in rows], case.raw["val_loss"], atol=1e-5)
     assert [r["val_acc"] for r in rows] == pytest.approx(case.raw["val_acc"], abs=1e-7)
+
+
+def _fake_job(root, name, arch, seed, acc, ablate=""):
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text(
+        f"arch:\n  name: {arch}\n  skip: true\nseed: {seed}\n"
+    )
+    summary = {
+        "status": "completed",
+        "final": {"val_acc": acc, "val_loss": 1 - acc},
+        "epochs_run": 100,
+        "compat": {"ablate": ablate, "on": []},
+    }
+    (job / "summary.json").write_text(json.dumps(summary))
+
+
+def test_ablation_reading_pairs_jobs_by_arch_and_seed(tmp_path):
+    grid, abl = tmp_path / "grid", tmp_path / "abl"
+    for seed, acc in enumerate([0.6, 0.7, 0.8]):
+        _fake_job(grid, f"g{seed}", "mlp_plain", seed, acc)
+        _fake_job(abl, f"a{seed}", "mlp_plain", seed, acc + 0.1, ablate="init")
+    _fake_job(abl, "unpaired", "mlp_plain", 9, 0.0, ablate="init")  # no baseline: left out
+    out = tmp_path / "reading.md"
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert compat_main(["ablation", str(grid), str(abl), "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| `init`"))
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[2] == "3"  # three pairs
+    assert cells[3] == "+0.100 ± 0.000"  # every pair gained exactly 0.1
+    assert cells[4] == "-0.100 ± 0.000"
+
+
+def test_crate_objective_with_its_switches_off_is_the_textbook_gradient(rng):
+    from neurons.kernels.activations import softmax_backward, softmax_forward
+    from neurons.objectives import MSE, CrossEntropy
+
+    z = rng.standard_normal((6, 3)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 6)]
+    off = CompatConfig()
+    loss, dz = CrateObjective("cross_entropy", off, "softmax").loss_grad_logits(z, y)
+    ref_loss, ref_dz = CrossEntropy().loss_grad_logits(z, y)
+    np.testing.assert_allclose(dz, ref_dz, atol=1e-7)
+    assert loss == pytest.approx(ref_loss, abs=1e-6)
+    _, dz = CrateObjective("mse", off, "softmax").loss_grad_logits(z, y)
+    p, cache = softmax_forward(z)
+    ref = softmax_backward(MSE().loss_grad(p, y)[1], cache)
+    np.testing.assert_allclose(dz, ref, atol=1e-7)
+    summed = CrateObjective("mse", CompatConfig(grad_sum=True), "softmax").loss_grad_logits(z, y)
+    np.testing.assert_allclose(summed[1], ref * 6, atol=1e-6)

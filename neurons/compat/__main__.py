@@ -1,5 +1,8 @@
 """`python -m neurons.compat replay <fixture.json> [--json]`: retrain a crate fixture here.
 
+`python -m neurons.compat ablation <grid sweep> <ablation sweep> --out FILE.md`: the paired
+reading of a compat ablation (see neurons.compat.ablation).
+
 Prints the per-epoch train_loss / val_loss / val_acc, before/after-training values, probes and
 final weights (with --json: one object with the fixture's field names and weight layouts).
 With --check, also prints the largest difference per key against the fixture's numbers.
@@ -21,7 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("fixture", help="a fixture .json (e.g. ../shared/fixtures/neurons-crate/...)")
     rp.add_argument("--json", action="store_true", help="print one JSON object")
     rp.add_argument("--check", action="store_true", help="also compare with the fixture")
+    ab = sub.add_parser("ablation", help="paired reading of an ablation sweep vs its grid")
+    ab.add_argument("grid", help="sweep directory with every quirk on")
+    ab.add_argument("ablation", help="sweep directory with one quirk off per job")
+    ab.add_argument("--out", required=True, help="Markdown file to write")
     args = parser.parse_args(argv)
+    if args.command == "ablation":
+        from pathlib import Path
+
+        from neurons.compat.ablation import write
+
+        for d in (args.grid, args.ablation):
+            if not Path(d).is_dir():
+                print(f"error: no such sweep directory: {d}", file=sys.stderr)
+                return 2
+        print(f"written {write(Path(args.grid), Path(args.ablation), Path(args.out))}")
+        return 0
     try:
         case = load_case(args.fixture)
         result = replay(case)

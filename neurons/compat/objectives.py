@@ -111,17 +111,17 @@ class CrateObjective(Objective):
                 dz = dz * dz.dtype.type(z.shape[0])
             return loss, dz
         p = softmax32(z)
-        loss, g = self._per_sample(p, target)
-        if self.flags.softmax_backward:
+        if self.base_name == "cross_entropy":
+            # d(fused softmax + CE)/dz = p - y: the crate uses it as its output gradient too
+            loss = self.per_sample_logits(z, target)
+            g = p - target
+        else:
+            loss, g = self._per_sample(p, target)  # d loss / d p
+        if self.flags.softmax_backward:  # the crate's constant, whatever the loss
             k = p.shape[1]
-            factor = p.dtype.type(k - 2) * (p * p).sum(axis=1, keepdims=True)
-            dz = factor * g
-        elif self.base_name == "cross_entropy" and self.flags.objective:
-            dz = g  # the crate's p - y is already the fused softmax + CE delta
+            dz = p.dtype.type(k - 2) * (p * p).sum(axis=1, keepdims=True) * g
         elif self.base_name == "cross_entropy":
-            loss_m, dz = self.base.loss_grad_logits(z, target)  # exact fused delta / N
-            dz = dz * dz.dtype.type(z.shape[0])
-            loss = self.base.per_sample_logits(z, target)
+            dz = g
         else:  # exact softmax Jacobian-vector product of the output gradient
             dz = p * (g - (g * p).sum(axis=1, keepdims=True))
         return float(np.mean(loss, dtype=np.float64)), self._scale(dz.astype(z.dtype))
