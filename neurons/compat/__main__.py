@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ab.add_argument("grid", help="sweep directory with every quirk on")
     ab.add_argument("ablation", help="sweep directory with one quirk off per job")
     ab.add_argument("--out", required=True, help="Markdown file to write")
+    ab.add_argument("--reference", default=None, help="a jobs.csv of compat=none runs")
     args = parser.parse_args(argv)
     if args.command == "ablation":
         from pathlib import Path
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(d).is_dir():
                 print(f"error: no such sweep directory: {d}", file=sys.stderr)
                 return 2
-        print(f"written {write(Path(args.grid), Path(args.ablation), Path(args.out))}")
+        ref = Path(args.reference) if args.reference else None
+        print(f"written {write(Path(args.grid), Path(args.ablation), Path(args.out), ref)}")
         return 0
     try:
         case = load_case(args.fixture)

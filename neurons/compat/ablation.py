@@ -129,9 +129,61 @@ def report(grid: list[dict[str, Any]], ablation: list[dict[str, Any]]) -> str:
     return "\n".join(head + lines) + "\n"
 
 
-def write(grid_dir: Path, ablation_dir: Path, out: Path) -> Path:
+def _stat(v: list[float]) -> str:
+    m, h, n = _ci(np.asarray(v, dtype=float))
+    if not n:
+        return "–"
+    sd = float(np.std(v, ddof=1)) if n > 1 else math.nan
+    ci = "" if math.isnan(h) else f" [{m - h:.3f}, {m + h:.3f}]"
+    return f"{m:.3f}{ci} (sd {sd:.3f}, min {min(v):.3f})"
+
+
+def grid_report(grid: list[dict[str, Any]], reference: Path | None = None) -> str:
+    """Per variant: final val acc mean [95% CI] (sd, min) under compat vs a reference jobs.csv
+    (e.g. compare/iris/jobs.csv, our engine with compat=none), and both rankings."""
+    import pandas as pd
+
+    ref: dict[str, list[float]] = defaultdict(list)
+    if reference is not None:
+        df = pd.read_csv(reference)
+        df = df[df["complete"].astype(bool)]
+        for v, acc in zip(df["variant"], df["final.val_acc"], strict=True):
+            ref[str(v).replace(" w. bypassing skip", " w. skip")].append(float(acc))
+    runs: dict[str, list[float]] = defaultdict(list)
+    order: list[str] = []
+    for skip in (False, True):
+        for arch in LABELS:
+            v = _variant(arch, skip)
+            accs = [r["acc"] for r in grid if r["arch"] == arch and r["skip"] == skip]
+            if accs:
+                runs[v] = accs
+                order.append(v)
+    lines = [
+        "| variant | runs | compat=neurons: final val acc mean [95% CI] (sd, min) | "
+        "runs | compat=none (reference) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for v in order:
+        lines.append(
+            f"| {v} | {len(runs[v])} | {_stat(runs[v])} | {len(ref[v])} | {_stat(ref[v])} |"
+        )
+
+    def rank(d: dict[str, list[float]]) -> str:
+        keys = [k for k in order if d.get(k)]
+        keys.sort(key=lambda k: -float(np.mean(d[k])))
+        return " > ".join(f"{k} ({np.mean(d[k]):.3f})" for k in keys)
+
+    lines += ["", f"Ranking under compat=neurons: {rank(runs)}."]
+    if ref:
+        lines += ["", f"Ranking under compat=none: {rank(ref)}."]
+    return "\n".join(lines) + "\n"
+
+
+def write(grid_dir: Path, ablation_dir: Path, out: Path, reference: Path | None = None) -> Path:
     """Write the reading to `out` (atomically) and return it."""
-    text = report(load_jobs(grid_dir), load_jobs(ablation_dir))
+    grid = load_jobs(grid_dir)
+    text = "## The grid\n\n" + grid_report(grid, reference) + "\n## One quirk off at a time\n\n"
+    text += report(grid, load_jobs(ablation_dir))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(text)
