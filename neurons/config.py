@@ -479,4 +479,10 @@ def apply_compat(exp: Experiment, cfg: DictConfig) -> Experiment:
     exp.compat = flags
     if not flags.any():
         return exp
+    ds = cfg.get("dataset") or {}
+    if flags.data and ds.get("name") in ("iris", "bike") and ds.get("shuffle") != "upstream":
+        raise ConfigError(  # the crate shuffles these two with its LCG before splitting
+            f"dataset.shuffle: compat.data reproduces the crate's {ds.get('name')} pipeline and "
+            f"needs upstream (its LCG shuffle), found {ds.get('shuffle')!r}; or compat.data=false"
+        )
     return apply(exp, flags, lambda params: build_optimizer(cfg.optimizer, params))

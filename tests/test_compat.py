@@ -233,6 +233,8 @@ def test_one_quirk_off_and_bad_values():
     assert "adam_step" not in exp.compat.on() and "grad_sum" in exp.compat.on()
     with pytest.raises(ConfigError, match="compat.adam_step"):
         build_experiment(cfg_of("compat.adam_step=step", "train.epochs=1"))
+    with pytest.raises(ConfigError, match="dataset.shuffle"):
+        build_experiment(cfg_of("compat=neurons", "dataset.shuffle=numpy", "train.epochs=1"))
 
 
 @pytest.mark.parametrize("quirk", ["init", "adam_step", "loop_backward", "data"])
