@@ -201,6 +201,20 @@ def test_epoch_step_counter():
     assert opt.t == 4
 
 
+def test_crate_sgdm_is_plain_sgd_through_epoch_one():
+    from neurons.optim import SGDMomentum
+
+    p = {"w": np.zeros(1, np.float32)}
+    opt = CrateOptimizer(SGDMomentum(p, lr=1.0, momentum=0.5), epoch_step=True)
+    opt.start_epoch(1)
+    for _ in range(3):
+        opt.step({"w": np.ones(1, np.float32)})
+    assert p["w"][0] == -3.0  # three plain steps of -1
+    opt.start_epoch(2)
+    opt.step({"w": np.ones(1, np.float32)})  # v = 0.5 * 1 + 1
+    assert p["w"][0] == -4.5
+
+
 # --------------------------------------------------------------------------- config group
 
 

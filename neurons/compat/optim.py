@@ -3,7 +3,8 @@
 `CrateOptimizer` wraps one of our optimizers. With `adam_step=epoch` every step of an epoch uses
 t = epoch (1-based) in the bias corrections; with coupling groups (feedback copies that keep their
 own optimizer state) it replaces each group's weights by their mean after every update.
-The update formulas themselves are our optimizers'.
+The update formulas themselves are our optimizers'; the crate's SGDM is plain SGD while
+t = 1, i.e. through the whole first epoch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from neurons.optim import Optimizer
+from neurons.optim import Optimizer, SGDMomentum
 
 
 class CrateOptimizer:
@@ -53,6 +54,8 @@ class CrateOptimizer:
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
         if self.epoch_step:
             self.inner.t = self.epoch - 1  # step() adds one: every batch of the epoch uses t=epoch
+            if self.epoch == 1 and isinstance(self.inner, SGDMomentum):
+                self.inner.state["momentum_buffer"].clear()  # the crate: v = g while t = 1
         self.inner.step(grads)
         couple(self.groups)
 

@@ -216,12 +216,15 @@ def parse_optimizer(d: dict[str, Any], where: str = "optimizer") -> tuple[str, d
         return name, hp
     if name == "sgd":
         return "sgd", {"lr": lr or 0.1, "weight_decay": decay}
+    if name == "sgdm":
+        hp = {"lr": lr or 0.1, "momentum": d.get("momentum") or 0.9, "weight_decay": decay}
+        return "sgdm", {**hp, "dampening": d.get("dampening") or 0.0}
     if name == "rmsprop":
         hp = {"lr": lr or 0.01, "alpha": d.get("alpha") or 0.99, "eps": d.get("epsilon") or 1e-8}
         hp.update(weight_decay=decay, momentum=d.get("momentum") or 0.0)
         return "rmsprop", {**hp, "centered": bool(d.get("centered", False))}
     raise FixtureError(
-        f"{where}.name: expected Adam, AdamW, SGD or RMSprop, found {d.get('name')!r}"
+        f"{where}.name: expected Adam, AdamW, SGD, SGDM or RMSprop, found {d.get('name')!r}"
     )
 
 
