@@ -30,6 +30,10 @@ LABELS = {
 }
 
 
+# switches that only act on one family (elsewhere the runs are identical to the baseline)
+APPLIES_TO = {"loop_backward": "looping", "feedback_coupling": "feedback"}
+
+
 def load_jobs(sweep: Path) -> list[dict[str, Any]]:
     """Completed jobs of a sweep: arch, skip, seed, ablated switch, final val acc and loss."""
     out = []
@@ -96,7 +100,8 @@ def report(grid: list[dict[str, Any]], ablation: list[dict[str, Any]]) -> str:
     ]
     seeds_used: set[int] = set()
     for q in quirks:
-        rows = [r for r in ablation if r["ablate"] == q]
+        only = APPLIES_TO.get(q)  # a switch that changes nothing elsewhere is read where it acts
+        rows = [r for r in ablation if r["ablate"] == q and (only is None or only in r["arch"])]
         pairs = [
             (r, base[(r["arch"], r["skip"], r["seed"])])
             for r in rows
@@ -123,7 +128,8 @@ def report(grid: list[dict[str, Any]], ablation: list[dict[str, Any]]) -> str:
         "Δ = (quirk off) − (all quirks on) for the same arch, skip and seed (same data order "
         "and, except for `init`, the same initial weights), averaged over the pairs; ± is the "
         "half-width of a 95% t-interval over the pairs. *sd acc* is the spread of the final "
-        "validation accuracy over those runs.",
+        "validation accuracy over those runs. `loop_backward` is read on the COMBINE runs and "
+        "`feedback_coupling` on the COUPLE runs only (elsewhere they change nothing).",
         "",
     ]
     return "\n".join(head + lines) + "\n"
