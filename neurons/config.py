@@ -375,6 +375,7 @@ class Experiment:
     train: TrainConfig
     rng: np.random.Generator
     classification: bool
+    compat: Any = None  # neurons.compat.CompatConfig (which of the crate's quirks are on)
 
 
 def resolve_objective(name: str, task: str) -> str:
@@ -480,7 +481,7 @@ def build_experiment(cfg: DictConfig, dataset: Dataset | None = None) -> Experim
     log.info("network (%s parameters)\n%s", f"{net.n_params():,}", net.summary())
     optimizer = build_optimizer(cfg.optimizer, net.named_parameters())
     schedule = build_schedule(cfg.train, float(cfg.optimizer.lr))
-    return Experiment(
+    exp = Experiment(
         dataset=dataset,
         network=net,
         objective=make_objective(objective_name),
@@ -491,6 +492,28 @@ def build_experiment(cfg: DictConfig, dataset: Dataset | None = None) -> Experim
         rng=rng,
         classification=dataset.task == "classification",
     )
+    return apply_compat(exp, cfg)
+
+
+def apply_compat(exp: Experiment, cfg: DictConfig) -> Experiment:
+    """The `compat` group: switch on the original crate's quirks (neurons.compat)."""
+    from neurons.compat import CompatConfig
+    from neurons.compat.engine import apply
+
+    try:
+        flags = CompatConfig.from_mapping(cfg.get("compat"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    exp.compat = flags
+    if not flags.any():
+        return exp
+    ds = cfg.get("dataset") or {}
+    if flags.data and ds.get("name") in ("iris", "bike") and ds.get("shuffle") != "upstream":
+        raise ConfigError(  # the crate shuffles these two with its LCG before splitting
+            f"dataset.shuffle: compat.data reproduces the crate's {ds.get('name')} pipeline and "
+            f"needs upstream (its LCG shuffle), found {ds.get('shuffle')!r}; or compat.data=false"
+        )
+    return apply(exp, flags, lambda params: build_optimizer(cfg.optimizer, params))
 
 
 # ----------------------------------------------------------------------------- loggers

@@ -267,6 +267,7 @@ class Network:
         self.input_shape: Shape = ()
         self.output_shape: Shape = ()
         self.dtype = np.dtype(np.float32)
+        self.compat = None  # neurons.compat.CompatConfig: the original crate's quirks, if any
 
     # ------------------------------------------------------------------ build
     def build(
@@ -344,10 +345,22 @@ class Network:
         v: Value = (x, 0)
         L = len(self.layers)
         k = 0
+        quirks = self.compat
         while k < L:
             inputs[k] = v
             xin = self._merge_skips(k, v, inputs, ex)
             lp = self._loop_at.get(k) if ex.recurrent else None
+            if quirks is not None and (quirks.skip_weight_grad or quirks.loop_backward):
+                from neurons.compat import engine  # the crate's skip and loop backward
+
+                if lp is not None and quirks.loop_backward:
+                    v = engine.run_loop(self, ex, lp, xin, v, inputs)
+                    k = lp.src + 1
+                    continue
+                if lp is None and quirks.skip_weight_grad and xin is not v:
+                    v = engine.skip_receiver(ex, self.layers[k], xin, v)
+                    k += 1
+                    continue
             if lp is None:
                 v = ex.layer(self.layers[k], xin)
                 k += 1

@@ -289,6 +289,7 @@ def _summary(
         "optimizer": str(cfg.optimizer.name),
         "arch": str(cfg.arch.get("name", "")),
         "dataset": ds.info(),
+        "compat": exp.compat.record() if exp.compat is not None else None,
     }
 
 

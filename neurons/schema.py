@@ -13,6 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from neurons.compat.flags import CompatConfig
 from neurons.data.config import DatasetConfig
 from neurons.loggers import LoggerConfig
 
@@ -95,6 +96,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfigSchema = field(default_factory=TrainConfigSchema)
+    compat: CompatConfig = field(default_factory=CompatConfig)  # the original crate's quirks
     seed: int = 0  # seeds the one np.random.Generator of the run (init, shuffles, dropout)
     resume: str | None = None  # a run directory to continue from its last checkpoint
     tag: str | None = None  # free-form label recorded with the run

@@ -54,6 +54,10 @@ class EarlyStopping:
             return True
         return value > best + self.min_delta if mode == "max" else value < best - self.min_delta
 
+    def should_stop(self, state: TrainState, value: float) -> bool:
+        """After an epoch (`value`: the monitored metric, NaN when not evaluated)."""
+        return state.wait >= self.patience
+
 
 @dataclass
 class TrainConfig:
@@ -65,6 +69,7 @@ class TrainConfig:
     clip_value: float | None = None  # clamp the output gradient to [-v, v] (the original's kind)
     clip_norm: float | None = None  # rescale parameter gradients to this global L2 norm
     early_stopping: EarlyStopping | None = None
+    loss_average: str = "sample"  # train_loss: "sample" mean, or "batch" (mean of batch means)
 
 
 @dataclass
@@ -94,6 +99,11 @@ EpochCallback = Callable[[TrainState, dict[str, float], bool], None]
 """Called after every epoch with the state, the epoch's metrics row, and `improved`."""
 
 
+def _classes(objective: Any, out: Array, logits: bool) -> Array:
+    pick = getattr(objective, "predict_class", None)  # e.g. neurons.compat's argmax ties
+    return out.argmax(axis=1) if pick is None else pick(out, logits)
+
+
 def evaluate(
     model: Network,
     objective: Any,
@@ -117,7 +127,7 @@ def evaluate(
         else:
             losses.append(objective.per_sample(out, yb))
         if classification:
-            hits += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
+            hits += int((_classes(objective, out, fused) == yb.argmax(axis=1)).sum())
     loss = float(np.mean(np.concatenate(losses).astype(np.float64))) if losses else float("nan")
     acc = hits / len(x) if classification and len(x) else float("nan")
     return loss, acc
@@ -188,9 +198,13 @@ def fit(
     bs = int(cfg.batch_size)
     n_batches = math.ceil(n / bs)
     dtype = model.dtype
+    fused = model.head is not None and model.head == getattr(objective, "fused_activation", None)
+    start_epoch = getattr(optimizer, "start_epoch", None)  # neurons.compat: t = epoch
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if schedule is not None:
             optimizer.lr = float(schedule(epoch - 1))
+        if start_epoch is not None:
+            start_epoch(epoch)
         t0 = time.perf_counter()
         order = rng.permutation(n) if cfg.shuffle else np.arange(n)
         loss_sum, hits = 0.0, 0
@@ -206,9 +220,9 @@ def fit(
                     f"(step {state.step + 1}); {_HINT}"
                 ) from None
             state.step += 1
-            loss_sum += loss * len(idx)
+            loss_sum += loss if cfg.loss_average == "batch" else loss * len(idx)
             if classification:
-                hits += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
+                hits += int((_classes(objective, out, fused) == yb.argmax(axis=1)).sum())
             if on_batch is not None:
                 on_batch(b + 1, n_batches, loss)
         bad = nonfinite(model.named_parameters())
@@ -223,7 +237,7 @@ def fit(
             "step": state.step,
             "seconds": seconds,
             "lr": float(optimizer.lr),
-            "train_loss": loss_sum / n,
+            "train_loss": loss_sum / (n_batches if cfg.loss_average == "batch" else n),
             "train_acc": hits / n if classification else float("nan"),
             "val_loss": float("nan"),
             "val_acc": float("nan"),
@@ -253,7 +267,7 @@ def fit(
                     state.best_state = model.state_dict()
             else:
                 state.wait += 1
-        if es is not None and state.wait >= es.patience:
+        if es is not None and es.should_stop(state, value if evaluated else float("nan")):
             state.stopped_early = True
         for cb in callbacks or ():
             cb(state, row, improved)
