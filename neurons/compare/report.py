@@ -25,7 +25,15 @@ from matplotlib.figure import Figure
 from .load import find_job_dirs, load_runs
 from .narrative import comparison_markdown, stats_markdown, summary_text
 from .plots import BAND_LABELS, METRIC_LABELS, final_metric, forest_plot, learning_curves
-from .saved import META, TABLES, display_path, is_report_dir, load_report, path_base
+from .saved import (
+    META,
+    TABLES,
+    display_path,
+    is_report_dir,
+    load_report,
+    path_base,
+    slim_curves,
+)
 from .stats import (
     ALPHA,
     Settings,
@@ -326,7 +334,7 @@ def write_report_frames(
         for col in ("path", "sweep"):
             if col in rel:
                 rel[col] = [display_path(p, out) for p in rel[col].astype(str)]
-        _write_csv(out / "curves.csv", curves)
+        _write_csv(out / "curves.csv", slim_curves(curves, jobs))
         _write_csv(out / "jobs.csv", rel)
     elif Path(os.path.abspath(dirs[0])) != Path(os.path.abspath(out)):
         for name in TABLES:  # the source tables, byte for byte
@@ -555,7 +563,8 @@ def _readme(
         "- `stats.csv`: per variant and metric: runs, mean, std, bootstrap interval.",
         "- `comparison.csv`, `comparison.md`: every metric's differences to the baseline, tests,"
         " verdicts, seeds needed.",
-        "- `curves.csv`: one row per job × epoch (metrics, variant, flattened config).",
+        "- `curves.csv`: one row per job × epoch (metrics, variant; the flattened config is in"
+        " `jobs.csv`).",
         "- `jobs.csv`: one row per job (status, error, problems, damage, flattened summary.json).",
         "- `report.json`: the settings, sources and commands; with the two tables above, enough"
         " to regenerate this folder.",

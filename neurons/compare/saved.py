@@ -14,7 +14,15 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["META", "display_path", "is_report_dir", "load_report", "path_base", "repo_root"]
+__all__ = [
+    "META",
+    "display_path",
+    "is_report_dir",
+    "load_report",
+    "path_base",
+    "repo_root",
+    "slim_curves",
+]
 
 META = "report.json"
 TABLES = ("jobs.csv", "curves.csv")
@@ -119,6 +127,21 @@ def load_report(d: Path | str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, An
         if not isinstance(meta, dict):
             raise ValueError(f"{META} in {d} must hold a JSON object, found {type(meta).__name__}")
     varied = meta.get("varied", [])
+    config = [c for c in jobs.columns if c not in curves.columns]
+    if config:  # the per-job columns `slim_curves` left to jobs.csv, back on every epoch row
+        curves = curves.merge(jobs[["job", *config]], on="job", how="left", validate="m:1")
     for df in (jobs, curves):
         df.attrs["varied"] = list(varied)
     return curves, jobs, meta
+
+
+CURVE_KEYS = ("job", "variant", "method", "family", "passes", "skip", "extra", "seed", "status")
+
+
+def slim_curves(curves: pd.DataFrame, jobs: pd.DataFrame) -> pd.DataFrame:
+    """`curves` without the per-job columns (the flattened config, choices) that `jobs` holds
+    once per job: `curves.csv` stays one row per job × epoch of metrics plus the keys in
+    `CURVE_KEYS`; `load_report` joins the rest back from `jobs.csv`."""
+    drop = [c for c in curves.columns if c in jobs.columns and c not in CURVE_KEYS]
+    drop = [c for c in drop if c not in ("complete", "task")]
+    return curves.drop(columns=drop)
