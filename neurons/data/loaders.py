@@ -154,32 +154,49 @@ def _generated(cfg: DatasetConfig) -> _Raw:
     return _Raw(x, y, None, None, f"generated ({table} truth table)", classes=["0", "1"])
 
 
-def _iris(cfg: DatasetConfig) -> _Raw:
-    from sklearn.datasets import load_iris
+def sklearn_data_file(name: str) -> Path:
+    """A data file that scikit-learn ships (`sklearn/datasets/data/<name>`), found without
+    importing sklearn: `import sklearn` pulls in scipy and takes ~1 s, which every run of a sweep
+    would pay just to read a 150-row CSV."""
+    import importlib.util
 
-    bunch = load_iris()
+    spec = importlib.util.find_spec("sklearn")  # top-level: locates, does not import
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError(f"dataset {name}: scikit-learn is not installed (it ships {name})")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
+    if not path.is_file():
+        raise DatasetError(f"{path}: scikit-learn's bundled {name} is missing")
+    return path
+
+
+IRIS_FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+
+
+def _iris(cfg: DatasetConfig) -> _Raw:
+    path = sklearn_data_file("iris.csv")
+    with path.open() as f:  # header: n_samples, n_features, class names (as load_iris reads it)
+        classes = f.readline().strip().split(",")[2:]
+    table = np.loadtxt(path, delimiter=",", skiprows=1)  # (150, 5): 4 features, class index
     raw = _Raw(
-        bunch.data.astype(np.float32),
-        bunch.target.astype(np.int64),
+        table[:, :-1].astype(np.float32),
+        table[:, -1].astype(np.int64),
         None,
         None,
-        "sklearn bundled iris.csv (sklearn.datasets.load_iris)",
-        classes=[str(c) for c in bunch.target_names],
-        feature_names=[str(f) for f in bunch.feature_names],
+        "sklearn bundled iris.csv (as sklearn.datasets.load_iris reads it)",
+        classes=classes,
+        feature_names=list(IRIS_FEATURES),
     )
     return _fraction_split(raw, cfg, "iris")
 
 
 def _digits(cfg: DatasetConfig) -> _Raw:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    table = np.loadtxt(sklearn_data_file("digits.csv.gz"), delimiter=",")  # (1797, 64 + 1)
     raw = _Raw(
-        bunch.images.astype(np.float32)[:, None, :, :],
-        bunch.target.astype(np.int64),
+        table[:, :-1].reshape(-1, 1, 8, 8).astype(np.float32),  # (N, 64) -> (N, 1, 8, 8)
+        table[:, -1].astype(np.int64),
         None,
         None,
-        "sklearn bundled digits.csv.gz (sklearn.datasets.load_digits)",
+        "sklearn bundled digits.csv.gz (as sklearn.datasets.load_digits reads it)",
         classes=[str(i) for i in range(10)],
         pixel_max=16.0,
     )
