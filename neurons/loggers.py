@@ -13,7 +13,6 @@ import importlib
 import logging
 import math
 import os
-import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from neurons import record as rec
+from neurons.runtime import signals_held
 
 log = logging.getLogger(__name__)
 
@@ -431,26 +431,6 @@ def _store_lock(store: Path | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-@contextmanager
-def _signals_deferred():
-    """Hold Ctrl-C/SIGTERM until a logger call returns, then deliver it: an interrupt inside a
-    store write (an SQLite transaction) would leave the store locked for the final `finish`."""
-    got: list[int] = []
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    try:
-        old = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in sigs}
-    except ValueError:  # not the main thread: signals are not ours to handle
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, signal.SIG_DFL if h is None else h)
-        if got:
-            signal.raise_signal(got[0])
-
-
 def _why(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:300]}"
@@ -470,7 +450,7 @@ class Loggers:
         if lg not in self.loggers:
             return
         try:
-            with _signals_deferred():
+            with signals_held():  # an interrupt inside an SQLite write locks the store
                 fn(*args)
         except Exception as e:
             self.loggers.remove(lg)

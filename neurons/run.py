@@ -26,7 +26,7 @@ from neurons import record as rec
 from neurons.config import ConfigError, Experiment, build_experiment, build_loggers
 from neurons.data import DatasetError
 from neurons.layers import BuildError
-from neurons.runtime import configure
+from neurons.runtime import configure, signals_held
 from neurons.train import NonFiniteLoss, TrainState, evaluate, fit
 
 log = logging.getLogger("neurons")
@@ -60,20 +60,6 @@ def signals_as_interrupt():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-@contextmanager
-def _signals_blocked():
-    """Hold SIGTERM/SIGINT back while the final records are written (delivered afterwards)."""
-    try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    except (ValueError, OSError, AttributeError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
 
 def _interrupt_of(e: BaseException, n_seen: int) -> KeyboardInterrupt | None:
@@ -429,7 +415,7 @@ def _end(e: BaseException, run_dir: Path, recorder: _Recorder | None, n_seen: in
     Re-raises an interrupt (so a sweep stops) and anything that is not an Exception.
     """
     interrupt = _interrupt_of(e, n_seen)
-    with _signals_blocked():
+    with signals_held(_SIGNALS):
         kept = ""
         if recorder is not None:
             try:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 
 def tune_allocator() -> bool:
@@ -76,3 +79,19 @@ def configure(threads: int | None) -> dict[str, int | str]:
     """Threads plus allocator tuning (and numba's compile lock); returns the threads in force."""
     tune_allocator()
     return set_threads(threads)
+
+
+@contextmanager
+def signals_held(signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Hold `signals` back inside the block and deliver them when it ends (to whatever handler
+    is then in force): for writes a signal must not cut in half (final records, a tracking
+    store's transaction). A no-op where the platform has no `pthread_sigmask`."""
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    except (ValueError, OSError, AttributeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
