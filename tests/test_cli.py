@@ -3,15 +3,14 @@ bad overrides, resume after a kill, and a NaN run."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import sigterm_after_epochs
 
 from neurons.record import load_checkpoint
 
@@ -197,21 +196,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     ]
     full, cut = tmp_path / "full", tmp_path / "cut"
     cli(*args, f"hydra.run.dir={full}")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "neurons", *args, f"hydra.run.dir={cut}"],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once two epochs are on disk
-        m = cut / "metrics.csv"
-        if m.exists() and len(m.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    sigterm_after_epochs(args, cut, cwd=ROOT, env=ENV, epochs=2)
     status = json.loads((cut / "status.json").read_text())
     assert status["status"] == "interrupted", status
     _, meta = _weights(cut)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import sigterm_after_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", "2")}
@@ -189,8 +190,6 @@ def test_run_logs_to_a_live_mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_sigterm_continues_the_same_tracked_run(tmp_path):
-    import signal
-    import time
 
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -205,21 +204,7 @@ def test_resume_after_sigterm_continues_the_same_tracked_run(tmp_path):
         "logger=[csv,tensorboard,mlflow]",
         f"logger.mlflow.tracking_uri=sqlite:///{db}",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "neurons", *args, f"hydra.run.dir={cut}"],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:  # SIGTERM once two epochs are on disk
-        m = cut / "metrics.csv"
-        if m.exists() and len(m.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
+    sigterm_after_epochs(args, cut, cwd=ROOT, env=ENV, epochs=2, wait=300, exit_wait=120)
     assert json.loads((cut / "status.json").read_text())["status"] == "interrupted"
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     run_id = json.loads((cut / "mlflow.json").read_text())["run_id"]
