@@ -11,6 +11,7 @@ import abc
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -163,12 +164,13 @@ class Affine(Layer):
                     )
         if name == "lsuv":  # orthogonal start; neurons.graph.lsuv_init rescales with data
             name = "orthogonal"
-        fn = initializers.INITIALIZERS.get(name)
-        if fn is None:
+        if name not in initializers.INITIALIZERS:
             names = sorted([*initializers.INITIALIZERS, "auto", "lsuv"])
             raise BuildError(f"{self.path}.init: expected one of {names}, found {self.init!r}")
         try:
-            w = fn(rng, shape, fan_in=fan_in, fan_out=fan_out, dtype=dtype, **kw)
+            w = initializers.make_initializer(name, **kw)(
+                rng, shape, fan_in=fan_in, fan_out=fan_out, dtype=dtype
+            )
         except (TypeError, ValueError) as e:
             raise BuildError(f"{self.path}.init_args: {e}") from None
         return np.asarray(w, dtype=dtype)
@@ -182,8 +184,8 @@ class Dense(Affine):
 
     kind = "dense"
 
-    def __init__(self, units: int, bias: bool = True, **kw) -> None:
-        super().__init__(**kw)
+    def __init__(self, units: int, bias: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.units = int(units)
         self.bias = bool(bias)
 
@@ -238,9 +240,9 @@ class Conv2d(Affine):
         padding: int | tuple[int, int] = 0,
         dilation: int | tuple[int, int] = 1,
         bias: bool = True,
-        **kw,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**kw)
+        super().__init__(**kwargs)
         self.filters = int(filters)
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
@@ -296,17 +298,9 @@ class Deconv2d(Conv2d):
     _backward_kernel = staticmethod(convk.deconv2d_backward)
 
     def __init__(
-        self,
-        filters: int,
-        kernel_size: int | tuple[int, int] = 3,
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        output_padding: int | tuple[int, int] = 0,
-        bias: bool = True,
-        **kw,
+        self, *args: Any, output_padding: int | tuple[int, int] = 0, **kwargs: Any
     ) -> None:
-        super().__init__(filters, kernel_size, stride, padding, dilation, bias, **kw)
+        super().__init__(*args, **kwargs)  # Conv2d's keys
         self.output_padding = _pair(output_padding, "output_padding")
 
     def _output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
@@ -333,9 +327,9 @@ class NormDense(Affine):
 
     kind = "normdense"
 
-    def __init__(self, units: int, scale: float | None = None, **kw) -> None:
-        kw.setdefault("init", "normal")
-        super().__init__(**kw)
+    def __init__(self, units: int, scale: float | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("init", "normal")
+        super().__init__(**kwargs)
         self.units = int(units)
         self.scale = scale
 
@@ -368,36 +362,26 @@ class NormDense(Affine):
         return f"normdense({self.units})[{self.activation}]"
 
 
-class NormConv2d(Affine):
-    """NormNet convolution: act(conv(x, tan(W)) / (C_in * kh * kw)) * scale, no bias."""
+class NormConv2d(Conv2d):
+    """NormNet convolution: act(conv(x, tan(W)) / (C_in * kh * kw)) * scale, no bias.
+
+    Conv2d's geometry keys; weights start N(0, 1) (`init: normal`) unless `init` says otherwise.
+    """
 
     kind = "normconv"
 
     def __init__(
-        self,
-        filters: int,
-        kernel_size: int | tuple[int, int] = 3,
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        scale: float | None = None,
-        **kw,
+        self, *args: Any, scale: float | None = None, bias: bool = False, **kwargs: Any
     ) -> None:
-        kw.setdefault("init", "normal")
-        super().__init__(**kw)
-        self.conv = Conv2d(filters, kernel_size, stride, padding, dilation, bias=False)
-        self.filters = int(filters)
+        if bias:
+            raise BuildError("bias: expected false (a normconv layer has no bias), found true")
+        kwargs.setdefault("init", "normal")
+        super().__init__(*args, bias=False, **kwargs)
         self.scale = scale
 
     def _build(self, in_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> Shape:
-        self.conv.path = self.path
-        out = self.conv.build(in_shape, rng, dtype)
-        c = in_shape[0]
-        kh, kw = self.conv.kernel_size
-        self.n_in = c * kh * kw
-        self.params["w"] = self._init_weight(
-            rng, (self.filters, c, kh, kw), self.n_in, self.filters * kh * kw, dtype
-        )
+        out = super()._build(in_shape, rng, dtype)  # the weight (F, C_in, kh, kw), no bias
+        self.n_in = math.prod(self.params["w"].shape[1:])
         return out
 
     def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
@@ -413,9 +397,7 @@ class NormConv2d(Affine):
         x = x.reshape(x.shape[0], *self.in_shape)
         w = self.params["w"]
         tw = np.tan(w)
-        z, c = convk.conv2d_forward(
-            x, tw, None, self.conv.stride, self.conv.padding, self.conv.dilation
-        )
+        z, c = convk.conv2d_forward(x, tw, None, self.stride, self.padding, self.dilation)
         return z / z.dtype.type(self.n_in), (c, tw)
 
     def _lin_backward(self, dz: Array, cache: Cache, gscale: float) -> Array:

@@ -8,7 +8,6 @@ guard call it, so a refused config fails before its run directory is created.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import resource
@@ -18,7 +17,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from neurons.config import LAYERS, ConfigError, build_layer, build_network, validate
+from neurons.config import (
+    LAYERS,
+    ConfigError,
+    build_layer,
+    build_network,
+    layer_parameters,
+    validate,
+)
 from neurons.data import DatasetConfig, DatasetError, validate_config
 from neurons.graph import Feedback
 from neurons.layers import BuildError, Conv2d, Dense, NormConv2d, NormDense
@@ -59,10 +65,7 @@ def check_layer_types(spec: Any, path: str) -> None:
     if not isinstance(spec, dict) or spec.get("kind") not in LAYERS:
         return  # build_layer reports these
     cls = LAYERS[spec["kind"]]
-    params: dict[str, inspect.Parameter] = {}
-    for klass in reversed(cls.__mro__):  # `**kw` keys come from the base classes
-        if "__init__" in vars(klass) and klass is not object:
-            params.update(inspect.signature(klass.__init__).parameters)
+    params = layer_parameters(cls)
     for key, value in spec.items():
         p = params.get(key)
         if p is None:

@@ -175,7 +175,7 @@ def test_sgd_momentum_first_buffer_is_the_gradient():
     ("name", "hp", "pattern"),
     [
         ("sgd", {}, r"\['lr'\] are required"),
-        ("sgd", {"lr": -0.1}, r"'lr'.*\[0, inf\).*-0.1"),
+        ("sgd", {"lr": -0.1}, r"'lr'.*\(0, inf\).*-0.1"),
         ("sgd", {"lr": 0.1, "momentum": 0.9}, r"unknown hyper-parameter.*'momentum'.*'lr'"),
         ("sgdm", {"lr": 0.1, "momentum": -0.5}, r"'momentum'.*>=|'momentum'.*\[0"),
         ("sgdm", {"lr": 0.1, "momentum": 0.0, "nesterov": True}, "'nesterov' needs momentum > 0"),
