@@ -200,7 +200,7 @@ def test_bad_hyper_parameters_are_named(name, hp, pattern):
 
 
 def test_registry():
-    assert set(OPTIMIZERS) == {"sgd", "sgdm", "adam", "adamw", "rmsprop"}
+    assert {"sgd", "sgdm", "adam", "adamw", "rmsprop"} <= set(OPTIMIZERS)  # + any registered
     with pytest.raises(TypeError, match="float ndarray"):
         make_optimizer("adam", {"w": np.zeros(2, dtype=int)})
 
