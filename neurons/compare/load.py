@@ -28,27 +28,6 @@ from .variants import assign_variants, varied_keys
 __all__ = ["COMPLETED", "METRIC_COLUMNS", "NoRunsError", "find_job_dirs", "load_runs"]
 
 COMPLETED = "completed"
-METHOD_COLOURS = {
-    ("looping", 2): "red",
-    ("looping", 3): "green",
-    ("looping", 4): "goldenrod",
-    ("feedback", 2): "purple",
-    ("feedback", 3): "orange",
-    ("feedback", 4): "blue",
-}
-DEFAULT_CYCLE = (
-    "tab:blue",
-    "tab:orange",
-    "tab:green",
-    "tab:red",
-    "tab:purple",
-    "tab:brown",
-    "tab:pink",
-    "tab:gray",
-    "tab:olive",
-    "tab:cyan",
-)
-LINESTYLES = ("-", "--", ":", "-.")
 # Summary fields that always get a column (NaN when absent or null), so downstream code can rely
 # on them.
 SUMMARY_COLUMNS = (

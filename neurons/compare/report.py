@@ -16,6 +16,7 @@ import os
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -139,29 +140,12 @@ def _default_title(jobs: pd.DataFrame, task: str) -> str:
 
 
 def write_report(
-    dirs: Iterable[Path | str] | Path | str,
-    out_dir: Path | str | None = None,
-    *,
-    title: str | None = None,
-    band: str | None = None,
-    baseline: str | None = None,
-    alpha: float | None = None,
-    pairing: str | None = None,
-    from_report: bool | None = None,
+    dirs: Iterable[Path | str] | Path | str, out_dir: Path | str | None = None, **options: Any
 ) -> Path:
     """Load the sweeps in `dirs` (or one report folder, to regenerate it from its own tables)
     and write a report folder `out_dir` (default: DIR/report for a sweep, the folder itself for a
-    report); returns `out_dir`. `make_report` with the frames dropped."""
-    return make_report(
-        dirs,
-        out_dir,
-        title=title,
-        band=band,
-        baseline=baseline,
-        alpha=alpha,
-        pairing=pairing,
-        from_report=from_report,
-    )[0]
+    report); returns `out_dir`. `make_report` (same keyword options) with the frames dropped."""
+    return make_report(dirs, out_dir, **options)[0]
 
 
 def make_report(

@@ -7,6 +7,7 @@ Where sources look for files and how they read them is `builtin.py`'s; this modu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,14 +100,21 @@ class _Splits:
     validation: str  # what the run records say about it
     notes: list[str] = field(default_factory=list)  # preprocessing, in order
 
-    def validation_split(self) -> _Split:
-        if self.val_from == "train":
-            return self.train
+    def prepared(
+        self, part: str, train: np.ndarray, prep: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(train, val, test) of `part` ("x" or "y"): `train` as given (prepared already), the
+        others through `prep`; a validation that is another split shares its prepared arrays."""
+        test = None if self.test is None else prep(getattr(self.test, part))
         if self.val_from == "test":
-            assert self.test is not None
-            return self.test
-        assert self.val is not None
-        return self.val
+            val = test
+        elif self.val_from == "train":
+            val = train
+        else:
+            assert self.val is not None
+            val = prep(getattr(self.val, part))
+        assert val is not None
+        return train, val, test
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,16 +274,7 @@ def prepare_inputs(splits: _Splits, cfg: DatasetConfig, name: str) -> _Inputs:
         out = ((s.astype(np.float32, copy=False) - shift) / div).astype(np.float32, copy=False)
         return out.reshape(out.shape[0], -1) if cfg.flatten else out  # (N, ...) -> (N, D)
 
-    x_tr = prep(pooled_train, pooled=True)
-    x_te = None if splits.test is None else prep(splits.test.x)
-    if splits.val_from == "test":
-        x_va = x_te
-    elif splits.val_from == "train":
-        x_va = x_tr
-    else:
-        x_va = prep(splits.validation_split().x)
-    assert x_va is not None
-    return _Inputs(x_tr, x_va, x_te, shift, div)
+    return _Inputs(*splits.prepared("x", prep(pooled_train, pooled=True), prep), shift, div)
 
 
 @dataclass
@@ -314,16 +313,7 @@ def encode_targets(splits: _Splits, task: str, raw: Raw, cfg: DatasetConfig, nam
             return out
 
         n_out = y_tr.shape[1]
-    y_tr_e = enc(splits.train.y)
-    y_te_e = None if splits.test is None else enc(splits.test.y)
-    if splits.val_from == "test":
-        y_va_e = y_te_e
-    elif splits.val_from == "train":
-        y_va_e = y_tr_e
-    else:
-        y_va_e = enc(splits.validation_split().y)
-    assert y_va_e is not None
-    return _Targets(y_tr_e, y_va_e, y_te_e, int(n_out), shift, scale)
+    return _Targets(*splits.prepared("y", enc(splits.train.y), enc), int(n_out), shift, scale)
 
 
 def _check_finite(inputs: _Inputs, name: str, notes: list[str]) -> None:
