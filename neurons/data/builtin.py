@@ -324,8 +324,10 @@ def _csv(cfg: DatasetConfig) -> Raw:
                 )
         else:
             found = set(labels)
-            numeric = all(_is_number(v) for v in found)
-            classes = sorted(found, key=(lambda v: float(v)) if numeric else str)
+            try:  # numerically when every label is a number, else as strings
+                classes = sorted(found, key=float)
+            except ValueError:
+                classes = sorted(found, key=str)
             lookup = {c: i for i, c in enumerate(classes)}
         y = np.array([lookup[v] for v in labels], dtype=np.int64)
     else:
@@ -364,14 +366,6 @@ def _csv(cfg: DatasetConfig) -> Raw:
     counts = ", ".join(f"{k} {0 if v is None else len(v[0])}" for k, v in parts.items())
     raw.source += f" (split column {cfg.split_column!r}: {counts})"
     return raw
-
-
-def _is_number(v: str) -> bool:
-    try:
-        float(v)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_csv(cfg: DatasetConfig) -> None:

@@ -173,8 +173,8 @@ def _fit_normalizer(method: str, x: np.ndarray, pixel_max: float | None):
     return lo[0], _safe_divisor(hi - lo)[0], "minmax(train min/max)"
 
 
-def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
-    out = np.zeros((labels.shape[0], k), dtype=np.float32)
+def _one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    out = np.zeros((labels.shape[0], n_classes), dtype=np.float32)
     out[np.arange(labels.shape[0]), labels] = 1.0
     return out
 
@@ -188,8 +188,8 @@ def _as_config(cfg: Any) -> DatasetConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def _subset(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    return np.sort(rng.choice(n, size=k, replace=False))
+def _subset(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    return np.sort(rng.choice(n, size=size, replace=False))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,18 +243,10 @@ def limit(splits: _Splits, cfg: DatasetConfig, rng: np.random.Generator) -> None
         splits.notes.append(f"eval_limit={n}")
 
 
-@dataclass
-class _Inputs:
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray | None
-    shift: Any
-    scale: Any
-
-
-def prepare_inputs(splits: _Splits, cfg: DatasetConfig, name: str) -> _Inputs:
+def prepare_inputs(splits: _Splits, cfg: DatasetConfig, name: str) -> dict[str, Any]:
     """Pool (`downsample`), normalise with statistics of the pooled training split only, and
-    flatten (`flatten`); validation that is another split shares its prepared arrays."""
+    flatten (`flatten`); validation that is another split shares its prepared arrays. Returns
+    the `Dataset` fields x_train, x_val, x_test, x_shift, x_scale."""
     factor = cfg.downsample
     downsampled_shape(name, splits.train.x.shape[1:], factor)
     if factor > 1:
@@ -274,22 +266,17 @@ def prepare_inputs(splits: _Splits, cfg: DatasetConfig, name: str) -> _Inputs:
         out = ((s.astype(np.float32, copy=False) - shift) / div).astype(np.float32, copy=False)
         return out.reshape(out.shape[0], -1) if cfg.flatten else out  # (N, ...) -> (N, D)
 
-    return _Inputs(*splits.prepared("x", prep(pooled_train, pooled=True), prep), shift, div)
+    x_train, x_val, x_test = splits.prepared("x", prep(pooled_train, pooled=True), prep)
+    scale = {"x_shift": np.asarray(shift, np.float32), "x_scale": np.asarray(div, np.float32)}
+    return {"x_train": x_train, "x_val": x_val, "x_test": x_test, **scale}
 
 
-@dataclass
-class _Targets:
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray | None
-    n_outputs: int
-    shift: Any = None
-    scale: Any = None
-
-
-def encode_targets(splits: _Splits, task: str, raw: Raw, cfg: DatasetConfig, name: str) -> _Targets:
+def encode_targets(
+    splits: _Splits, task: str, raw: Raw, cfg: DatasetConfig, name: str
+) -> dict[str, Any]:
     """Classification: one-hot over the source's classes. Regression: float columns, scaled by
-    `normalize_targets` with training statistics."""
+    `normalize_targets` with training statistics. Returns the `Dataset` fields y_train, y_val,
+    y_test, n_outputs, target_shift, target_scale."""
     shift = scale = None
     if task == "classification":
         if raw.classes is None:
@@ -313,11 +300,20 @@ def encode_targets(splits: _Splits, task: str, raw: Raw, cfg: DatasetConfig, nam
             return out
 
         n_out = y_tr.shape[1]
-    return _Targets(*splits.prepared("y", enc(splits.train.y), enc), int(n_out), shift, scale)
+    y_train, y_val, y_test = splits.prepared("y", enc(splits.train.y), enc)
+    return {
+        "y_train": y_train,
+        "y_val": y_val,
+        "y_test": y_test,
+        "n_outputs": int(n_out),
+        "target_shift": None if shift is None else np.asarray(shift, dtype=np.float32),
+        "target_scale": None if scale is None else np.asarray(scale, dtype=np.float32),
+    }
 
 
-def _check_finite(inputs: _Inputs, name: str, notes: list[str]) -> None:
-    for part, arr in (("train", inputs.train), ("val", inputs.val), ("test", inputs.test)):
+def _check_finite(inputs: dict[str, Any], name: str, notes: list[str]) -> None:
+    for part in ("train", "val", "test"):
+        arr = inputs[f"x_{part}"]
         if arr is not None and not np.isfinite(arr).all():
             r = int(np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)))[0][0])
             raise DatasetError(
@@ -348,23 +344,14 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
     ds = Dataset(
         name=name,
         task=task,
-        x_train=inputs.train,
-        y_train=targets.train,
-        x_val=inputs.val,
-        y_val=targets.val,
-        x_test=inputs.test,
-        y_test=targets.test,
-        sample_shape=tuple(int(d) for d in inputs.train.shape[1:]),
-        n_outputs=targets.n_outputs,
+        **inputs,
+        **targets,
+        sample_shape=tuple(int(d) for d in inputs["x_train"].shape[1:]),
         classes=list(raw.classes) if task == "classification" else None,  # type: ignore[arg-type]
         source=raw.source,
         validation=splits.validation,
         preprocessing=", ".join(splits.notes),
-        target_shift=None if targets.shift is None else np.asarray(targets.shift, np.float32),
-        target_scale=None if targets.scale is None else np.asarray(targets.scale, np.float32),
         feature_names=raw.feature_names,
-        x_shift=np.asarray(inputs.shift, dtype=np.float32),
-        x_scale=np.asarray(inputs.scale, dtype=np.float32),
         pixel_max=spec.pixel_max,
         raw_shape=tuple(int(d) for d in splits.train.x.shape[1:]),
     )
