@@ -164,13 +164,15 @@ class Affine(Layer):
                     )
         if name == "lsuv":  # orthogonal start; neurons.graph.lsuv_init rescales with data
             name = "orthogonal"
-        if name not in initializers.INITIALIZERS:
-            names = sorted([*initializers.INITIALIZERS, "auto", "lsuv"])
-            raise BuildError(f"{self.path}.init: expected one of {names}, found {self.init!r}")
         try:
             w = initializers.make_initializer(name, **kw)(
                 rng, shape, fan_in=fan_in, fan_out=fan_out, dtype=dtype
             )
+        except initializers.UnknownInitializer:
+            names = sorted([*initializers.INITIALIZERS, "auto", "lsuv"])
+            raise BuildError(
+                f"{self.path}.init: expected one of {names}, found {self.init!r}"
+            ) from None
         except (TypeError, ValueError) as e:
             raise BuildError(f"{self.path}.init_args: {e}") from None
         return np.asarray(w, dtype=dtype)

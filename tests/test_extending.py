@@ -1,5 +1,6 @@
 """The README's "Extending" recipes, done inside the test: an optimizer and a dataset defined
-here, registered for the test only, used through the config layer and a real run, unregistered.
+here, registered for the test only, used through the config layer and a real run, unregistered;
+and a layer kind whose config keys follow its `**kwargs` into its parents'.
 
 Also: every registry entry has its YAML (and back), and a YAML's values are its class's defaults.
 """
@@ -13,9 +14,18 @@ import pytest
 import yaml
 
 import neurons
-from neurons.config import ConfigError, build_schedule, check_optimizer, validate
+from neurons.config import (
+    LAYERS,
+    ConfigError,
+    build_layer,
+    build_schedule,
+    check_optimizer,
+    layer_parameters,
+    validate,
+)
 from neurons.data import DATASETS, DatasetError, DatasetSpec, Raw, load_dataset
 from neurons.data.spec import fraction_split
+from neurons.layers import BuildError, Context, Dense, NormConv2d
 from neurons.optim import OPTIMIZERS, REQUIRED, SCHEDULES, Number, Optimizer
 from neurons.record import load_checkpoint, optimizer_state
 from neurons.searchpath import ENV_VAR
@@ -140,3 +150,43 @@ def test_the_warmup_default_is_defined_once_and_is_what_a_run_uses():
     sched = build_schedule(cfg.train, 1.0)
     assert sched.warmup_start_factor == SCHEDULES["constant"].hparams["warmup_start_factor"].default
     assert [sched(e) for e in range(3)] == pytest.approx([0.1, 0.55, 1.0])
+
+
+class ScaledDense(Dense):
+    """A layer kind that adds one key and forwards the rest with **kwargs."""
+
+    kind = "scaled_dense"
+
+    def __init__(self, factor: float = 2.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.factor = float(factor)
+
+    def forward(self, x, ctx):
+        y, cache = super().forward(x, ctx)
+        return y * self.factor, cache
+
+    def backward(self, dy, cache, gscale=1.0):
+        return super().backward(dy * self.factor, cache, gscale)
+
+
+def test_a_new_layer_kind_lists_only_its_own_keys(monkeypatch):
+    own, dense, affine = ["factor"], ["units", "bias"], ["activation", "activation_param"]
+    assert list(layer_parameters(ScaledDense)) == [*own, *dense, *affine, "init", "init_args"]
+    assert "scale" in layer_parameters(NormConv2d) and "filters" in layer_parameters(NormConv2d)
+    monkeypatch.setitem(LAYERS, "scaled_dense", ScaledDense)
+    spec = {"kind": "scaled_dense", "units": 3, "factor": 0.5, "activation": "tanh"}
+    layer = build_layer(spec, "arch.layers[0]")
+    layer.build((4,), np.random.default_rng(0), np.float64)
+    x = np.random.default_rng(1).standard_normal((2, 4))
+    y, _ = layer.forward(x, Context())
+    np.testing.assert_allclose(y, 0.5 * np.tanh(x @ layer.params["w"] + layer.params["b"]))
+    with pytest.raises(BuildError, match=r"arch.layers\[0\]: kind scaled_dense needs units"):
+        build_layer({"kind": "scaled_dense"}, "arch.layers[0]")
+    with pytest.raises(BuildError, match=r"unknown key\(s\) \['fator'\].*allowed: factor, units"):
+        build_layer({"kind": "scaled_dense", "units": 3, "fator": 1}, "arch.layers[0]")
+
+
+def test_an_unknown_initializer_names_the_layers_init_key():
+    layer = build_layer({"kind": "dense", "units": 2, "init": "he"}, "arch.layers[1]")
+    with pytest.raises(BuildError, match=r"arch.layers\[1\].init: expected one of \[.*'lsuv'"):
+        layer.build((3,), np.random.default_rng(0), np.float32)
