@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from neurons import init as initializers
-from neurons.kernels import Array, Cache, Shape
+from neurons.kernels import Array, Cache, Shape, pair
 from neurons.kernels import conv as convk
 from neurons.kernels import pool as poolk
 from neurons.kernels.activations import ACTIVATION_PARAM, ACTIVATIONS
@@ -46,15 +46,6 @@ class Context:
     train: bool = False
     rng: np.random.Generator | None = None
     capture: dict[int, list[Array]] | None = field(default=None)
-
-
-def _pair(v: int | tuple[int, int] | list[int], what: str) -> tuple[int, int]:
-    if isinstance(v, int | np.integer):
-        return (int(v), int(v))
-    t = tuple(int(i) for i in v)
-    if len(t) != 2:
-        raise BuildError(f"{what}: expected an int or a pair of ints, found {v!r}")
-    return t  # type: ignore[return-value]
 
 
 class Layer(abc.ABC):
@@ -246,10 +237,10 @@ class Conv2d(Affine):
     ) -> None:
         super().__init__(**kwargs)
         self.filters = int(filters)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = pair(kernel_size, "kernel_size", BuildError)
+        self.stride = pair(stride, "stride", BuildError)
+        self.padding = pair(padding, "padding", BuildError)
+        self.dilation = pair(dilation, "dilation", BuildError)
         self.bias = bool(bias)
 
     def _output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
@@ -303,7 +294,7 @@ class Deconv2d(Conv2d):
         self, *args: Any, output_padding: int | tuple[int, int] = 0, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)  # Conv2d's keys
-        self.output_padding = _pair(output_padding, "output_padding")
+        self.output_padding = pair(output_padding, "output_padding", BuildError)
 
     def _output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         return convk.deconv2d_output_shape(
@@ -448,8 +439,8 @@ class _Pool(Layer):
         self, kernel_size: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None
     ) -> None:
         super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride if stride is not None else kernel_size, "stride")
+        self.kernel_size = pair(kernel_size, "kernel_size", BuildError)
+        self.stride = pair(stride if stride is not None else kernel_size, "stride", BuildError)
 
     def _build(self, in_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> Shape:
         c, h, w = _require_image(self, in_shape)

@@ -1,7 +1,7 @@
 """`DatasetConfig`: the typed `dataset:` config node, and `validate_config` that checks it
 (general rules here, each dataset's own from its spec in `builtin.DATASETS`).
 
-This module only describes and checks settings; it reads no files (see `loaders.py`).
+This module only describes and checks settings; it reads no files (see `builtin.py`).
 """
 
 from __future__ import annotations
