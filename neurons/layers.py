@@ -48,6 +48,20 @@ class Context:
     capture: dict[int, list[Array]] | None = field(default=None)
 
 
+def _checked_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise BuildError(f"activation: expected one of {sorted(ACTIVATIONS)}, found {name!r}")
+    return name
+
+
+def activate(name: str, param: float | None, z: Array) -> tuple[Array, Cache]:
+    """Activation `name` of `z` (with its `activation_param` where it takes one): (a, cache)."""
+    fwd = ACTIVATIONS[name][0]
+    if name in ACTIVATION_PARAM and param is not None:
+        return fwd(z, param)
+    return fwd(z)
+
+
 class Layer(abc.ABC):
     """Base class. Subclasses set `kind` and implement `_build` (if shapes change), forward
     and backward."""
@@ -111,11 +125,7 @@ class Affine(Layer):
         init_args: dict | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise BuildError(
-                f"activation: expected one of {sorted(ACTIVATIONS)}, found {activation!r}"
-            )
-        self.activation = activation
+        self.activation = _checked_activation(activation)
         self.activation_param = activation_param
         self.init = init
         self.init_args = dict(init_args or {})
@@ -125,11 +135,7 @@ class Affine(Layer):
         z, c1 = self._lin_forward(x)
         if ctx.capture is not None:
             ctx.capture.setdefault(id(self), []).append(z)
-        fwd, _ = ACTIVATIONS[self.activation]
-        if self.activation in ACTIVATION_PARAM and self.activation_param is not None:
-            a, c2 = fwd(z, self.activation_param)
-        else:
-            a, c2 = fwd(z)
+        a, c2 = activate(self.activation, self.activation_param, z)
         return a, (c1, c2)
 
     def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
@@ -311,7 +317,22 @@ class Deconv2d(Conv2d):
         return convk.deconv2d_forward(x, w, b, s, p, d, op)
 
 
-class NormDense(Affine):
+class _OutputScale:
+    """NormNet's optional output scale, y = layer(x) * scale (a mixin before the layer class)."""
+
+    scale: float | None
+
+    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
+        a, cache = super().forward(x, ctx)  # type: ignore[misc]
+        return (a * a.dtype.type(self.scale), cache) if self.scale is not None else (a, cache)
+
+    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
+        if self.scale is not None:
+            dy = dy * dy.dtype.type(self.scale)
+        return super().backward(dy, cache, gscale)  # type: ignore[misc]
+
+
+class NormDense(_OutputScale, Affine):
     """The `brains` crate's NormNet dense layer: act((x @ tan(W)) / n_in) * scale, no bias.
 
     Weights start N(0, 1); the tan makes large weights' gradients grow, pushing connections
@@ -331,15 +352,6 @@ class NormDense(Affine):
         self.params["w"] = self._init_weight(rng, (d_in, self.units), d_in, self.units, dtype)
         return (self.units,)
 
-    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        a, cache = super().forward(x, ctx)
-        return (a * a.dtype.type(self.scale), cache) if self.scale is not None else (a, cache)
-
-    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
-        if self.scale is not None:
-            dy = dy * dy.dtype.type(self.scale)
-        return super().backward(dy, cache, gscale)
-
     def _lin_forward(self, x: Array) -> tuple[Array, Cache]:
         shape = x.shape
         z, c = tan_dense_forward(x.reshape(shape[0], -1), self.params["w"])  # (N, D_in)
@@ -355,7 +367,7 @@ class NormDense(Affine):
         return f"normdense({self.units})[{self.activation}]"
 
 
-class NormConv2d(Conv2d):
+class NormConv2d(_OutputScale, Conv2d):
     """NormNet convolution: act(conv(x, tan(W)) / (C_in * kh * kw)) * scale, no bias.
 
     Conv2d's geometry keys; weights start N(0, 1) (`init: normal`) unless `init` says otherwise.
@@ -376,15 +388,6 @@ class NormConv2d(Conv2d):
         out = super()._build(in_shape, rng, dtype)  # the weight (F, C_in, kh, kw), no bias
         self.n_in = math.prod(self.params["w"].shape[1:])
         return out
-
-    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        a, cache = super().forward(x, ctx)
-        return (a * a.dtype.type(self.scale), cache) if self.scale is not None else (a, cache)
-
-    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
-        if self.scale is not None:
-            dy = dy * dy.dtype.type(self.scale)
-        return super().backward(dy, cache, gscale)
 
     def _lin_forward(self, x: Array) -> tuple[Array, Cache]:
         x = x.reshape(x.shape[0], *self.in_shape)
@@ -414,18 +417,11 @@ class Activation(Layer):
 
     def __init__(self, activation: str, activation_param: float | None = None) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise BuildError(
-                f"activation: expected one of {sorted(ACTIVATIONS)}, found {activation!r}"
-            )
-        self.activation = activation
+        self.activation = _checked_activation(activation)
         self.activation_param = activation_param
 
     def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        fwd = ACTIVATIONS[self.activation][0]
-        if self.activation in ACTIVATION_PARAM and self.activation_param is not None:
-            return fwd(x, self.activation_param)
-        return fwd(x)
+        return activate(self.activation, self.activation_param, x)
 
     def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
         return ACTIVATIONS[self.activation][1](dy, cache)
@@ -435,6 +431,11 @@ class Activation(Layer):
 
 
 class _Pool(Layer):
+    """Max or average pooling: a subclass names its kernels (`neurons.kernels.pool`)."""
+
+    _forward_kernel: Any
+    _backward_kernel: Any
+
     def __init__(
         self, kernel_size: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None
     ) -> None:
@@ -452,30 +453,27 @@ class _Pool(Layer):
             )
         return (c, (h - kh) // sh + 1, (w - kw) // sw + 1)
 
+    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
+        x = x.reshape(x.shape[0], *self.in_shape)
+        return self._forward_kernel(x, self.kernel_size, self.stride)
+
+    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
+        return self._backward_kernel(dy, cache)
+
     def describe(self) -> str:
         return f"{self.kind}({self.kernel_size[0]}x{self.kernel_size[1]}, s{self.stride[0]})"
 
 
 class MaxPool2d(_Pool):
     kind = "maxpool"
-
-    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        x = x.reshape(x.shape[0], *self.in_shape)
-        return poolk.maxpool2d_forward(x, self.kernel_size, self.stride)
-
-    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
-        return poolk.maxpool2d_backward(dy, cache)
+    _forward_kernel = staticmethod(poolk.maxpool2d_forward)
+    _backward_kernel = staticmethod(poolk.maxpool2d_backward)
 
 
 class AvgPool2d(_Pool):
     kind = "avgpool"
-
-    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        x = x.reshape(x.shape[0], *self.in_shape)
-        return poolk.avgpool2d_forward(x, self.kernel_size, self.stride)
-
-    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
-        return poolk.avgpool2d_backward(dy, cache)
+    _forward_kernel = staticmethod(poolk.avgpool2d_forward)
+    _backward_kernel = staticmethod(poolk.avgpool2d_backward)
 
 
 class Reshape(Layer):
