@@ -286,6 +286,7 @@ class Network:
         if self.head is not None and self.head not in ACTIVATIONS:
             raise BuildError(f"head: expected one of {sorted(ACTIVATIONS)}, found {self.head!r}")
         self._check_structure()
+        self._compiled: dict = {}  # neurons.plan's programs per (recurrent, skips), built lazily
         return self
 
     def _check_structure(self) -> None:
