@@ -260,7 +260,9 @@ def fit(
         trainer = planning.CompiledTrainer(
             model, objective, optimizer, x_train, y_train, cfg, classification
         )
-    state.engine_path, state.engine_fallback = ("tape", why) if trainer is None else ("compiled", None)
+    state.engine_path, state.engine_fallback = (
+        ("tape", why) if trainer is None else ("compiled", None)
+    )
     engine = "tape" if cfg.engine == "tape" else "auto"
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if schedule is not None:

@@ -213,7 +213,9 @@ def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb):
                         D[gi + n * iw + i] += s
         elif op == ACT:
             if ig >= 0:
-                _act_bwd(prog[k, ACT_CODE], fargs[k, 1], W, prog[k, IN_D] * bmax, ao, D, go, T, nb, ow)
+                _act_bwd(
+                    prog[k, ACT_CODE], fargs[k, 1], W, prog[k, IN_D] * bmax, ao, D, go, T, nb, ow
+                )
                 gi = ig * bmax
                 for e in range(nb * ow):
                     D[gi + e] += T[e]
