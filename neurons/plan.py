@@ -418,6 +418,7 @@ class CompiledTrainer:
         self.code = _OPTIMIZERS[type(optimizer)]
         self.bufs = [np.zeros(n if k else 0, dt) for k in _BUFFERS[self.code]]
         self.cs = np.zeros(16, dt)
+        self.cs[13] = np.finfo(dt).tiny  # the smallest normal number (see kernels' _flush)
         clip_v = np.nan if cfg.clip_value is None else float(cfg.clip_value)
         clip_n = np.nan if cfg.clip_norm is None else float(cfg.clip_norm)
         if cfg.clip_value is not None:

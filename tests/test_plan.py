@@ -110,30 +110,32 @@ def _preset(name, skip, dtype):
     return build_experiment(cfg)
 
 
+def _fit_preset(exp, engine, epochs, lr):
+    ds = exp.dataset
+    net = copy.deepcopy(exp.network)
+    opt = make_optimizer("adam", net.named_parameters(), lr=lr)
+    rows = []
+    st = fit(
+        net,
+        exp.objective,
+        opt,
+        ds.x_train,
+        ds.y_train,
+        ds.x_val,
+        ds.y_val,
+        TrainConfig(epochs=epochs, batch_size=1, engine=engine),
+        np.random.default_rng(1),
+        callbacks=[lambda s, row, imp: rows.append(dict(row))],
+    )
+    return net, opt, st, rows
+
+
 @pytest.mark.parametrize("skip", [False, True])
 @pytest.mark.parametrize("name", MLP_PRESETS)
 def test_every_mlp_preset_float64(name, skip):
     exp = _preset(name, skip, "float64")
     ds = exp.dataset
-    runs = []
-    for engine in ("tape", "compiled"):
-        net = copy.deepcopy(exp.network)
-        opt = make_optimizer("adam", net.named_parameters(), lr=3e-3)
-        rows = []
-        cfg = TrainConfig(epochs=2, batch_size=1, engine=engine)
-        st = fit(
-            net,
-            exp.objective,
-            opt,
-            ds.x_train,
-            ds.y_train,
-            ds.x_val,
-            ds.y_val,
-            cfg,
-            np.random.default_rng(1),
-            callbacks=[lambda s, row, imp: rows.append(dict(row))],
-        )
-        runs.append((net, opt, st, rows))
+    runs = [_fit_preset(exp, engine, 2, 3e-3) for engine in ("tape", "compiled")]
     assert_same_training(*runs, 1e-11)
     for kw in ({"recurrent": False}, {"skips": False}):  # the probes
         net = runs[1][0]
@@ -147,26 +149,8 @@ def test_every_mlp_preset_float64(name, skip):
 @pytest.mark.parametrize("name", ["mlp_plain", "mlp_looping_x3", "mlp_feedback_x3"])
 def test_mlp_presets_float32_with_skip(name):
     exp = _preset(name, True, "float32")
-    ds = exp.dataset
     assert exp.network.dtype == np.float32
-    runs = []
-    for engine in ("tape", "compiled"):
-        net = copy.deepcopy(exp.network)
-        opt = make_optimizer("adam", net.named_parameters(), lr=1e-3)
-        rows = []
-        st = fit(
-            net,
-            exp.objective,
-            opt,
-            ds.x_train,
-            ds.y_train,
-            ds.x_val,
-            ds.y_val,
-            TrainConfig(epochs=3, batch_size=1, engine=engine),
-            np.random.default_rng(1),
-            callbacks=[lambda s, row, imp: rows.append(dict(row))],
-        )
-        runs.append((net, opt, st, rows))
+    runs = [_fit_preset(exp, engine, 3, 1e-3) for engine in ("tape", "compiled")]
     assert_same_training(*runs, 2e-5)
 
 
@@ -233,7 +217,7 @@ def test_feedback_merges_reshape_and_activation_layers(merge, rng):
     _both(_mlp(rng, middle=middle))
 
 
-# ---------------------------------------------------------------------------- optimizers, objectives
+# ---------------------------------------------------------------------------- optimizers, losses
 
 OPTIMIZERS = [
     ("sgd", {"lr": 0.05}),
@@ -329,9 +313,9 @@ def _fallback(net, objective="cross_entropy", opt="adam", on_batch=None, **cfg_k
 
 
 def test_named_fallbacks(rng):
-    conv = Network(
-        [Reshape((1, 2, 2)), Conv2d(2, 2), Dense(3)], head="softmax"
-    ).build((4,), rng, np.float64)
+    conv = Network([Reshape((1, 2, 2)), Conv2d(2, 2), Dense(3)], head="softmax").build(
+        (4,), rng, np.float64
+    )
     assert "layer kind 'conv'" in _fallback(conv)
     drop = Network([Dense(5), Dropout(0.2), Dense(3)], head="softmax").build((4,), rng)
     assert "'dropout'" in _fallback(drop)
@@ -390,7 +374,8 @@ def test_nonfinite_gradient_same_error_and_parameters_kept(rng):
         msg, t = _fail(net, x, y, "ae", engine)
         res[engine] = (msg, t, {k: v.copy() for k, v in net.named_parameters().items()})
     assert res["tape"][:2] == res["compiled"][:2]
-    assert "gradient of layers.0.w is not finite at epoch 1, batch 2 of 2 (step 2)" in res["tape"][0]
+    expected = "gradient of layers.0.w is not finite at epoch 1, batch 2 of 2 (step 2)"
+    assert expected in res["tape"][0]
     for k, v in res["tape"][2].items():
         assert np.array_equal(v, res["compiled"][2][k])  # stopped before the bad step
 

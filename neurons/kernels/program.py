@@ -32,7 +32,7 @@ SGD, SGDM, ADAM, RMSPROP = 1, 2, 3, 4
 OK, BAD_LOSS, BAD_GRAD = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _act_fwd(code, prm, W, zo, ao, nb, w):
     n_el = nb * w
     if code == 0:
@@ -77,7 +77,7 @@ def _act_fwd(code, prm, W, zo, ao, nb, w):
                 W[ao + r + j] = W[ao + r + j] / s
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _act_bwd(code, prm, W, zo, ao, D, go, T, nb, w):
     """T[:nb*w] = d loss / d z from the gradient of the activation output at D[go:]."""
     n_el = nb * w
@@ -114,7 +114,16 @@ def _act_bwd(code, prm, W, zo, ao, D, go, T, nb, w):
                 T[r + j] = W[ao + r + j] * (D[go + r + j] - s)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _dot(A, ao, B, bo, n):
+    """sum_j A[ao + j] * B[bo + j], vectorised (reassociation only: NaN and Inf propagate)."""
+    s = A[ao] * B[bo]
+    for j in range(1, n):
+        s += A[ao + j] * B[bo + j]
+    return s
+
+
+@njit(cache=True, error_model="numpy")
 def _forward(prog, fargs, margs, P, W, bmax, nb):
     for k in range(prog.shape[0]):
         op = prog[k, OP]
@@ -171,7 +180,7 @@ def _forward(prog, fargs, margs, P, W, bmax, nb):
         # SCALE: the forward value is aliased; only its gradient differs
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb):
     for k in range(prog.shape[0] - 1, -1, -1):
         op = prog[k, OP]
@@ -206,11 +215,7 @@ def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb):
                 for n in range(nb):
                     to = n * ow
                     for i in range(iw):
-                        r = wo + i * ow
-                        s = T[to] * P[r]
-                        for j in range(1, ow):
-                            s += T[to + j] * P[r + j]
-                        D[gi + n * iw + i] += s
+                        D[gi + n * iw + i] += _dot(T, to, P, wo + i * ow, ow)
         elif op == ACT:
             if ig >= 0:
                 _act_bwd(
@@ -257,7 +262,7 @@ def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb):
                         D[tg + e] += D[go + e] * pr
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _loss(obj, W, oo, D, og, Y, rows, nb, K):
     """Batch-mean loss of the output at W[oo:]; writes its gradient to D[og:]."""
     total = 0.0
@@ -307,38 +312,43 @@ def _loss(obj, W, oo, D, og, Y, rows, nb, K):
     return total / nb
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
+def _flush(x, tiny):
+    """0 for a subnormal x: a decayed optimizer buffer that small moves no parameter, and
+    subnormal arithmetic costs ~100x (dead units' buffers decay into that range)."""
+    return x if abs(x) >= tiny else x * 0
+
+
+@njit(cache=True, error_model="numpy")
 def _opt_step(code, hp, P, G, S1, S2, S3, t, have, cs):
     """One optimizer update of the flat parameters from the flat gradients (torch formulas).
 
-    Scalars are rounded to the parameters' dtype first (`cs`), as numpy does with Python floats.
+    Scalars are rounded to the parameters' dtype first (`cs`), as numpy does with Python
+    floats; decaying state buffers flush subnormals to 0 (`_flush`; cs[13] = smallest normal).
     """
     n = P.shape[0]
     cs[0] = hp[0]  # lr
     cs[1] = hp[1]  # weight decay
     lr = cs[0]
     wd = cs[1]
+    tiny = cs[13]
+    use_wd = hp[1] != 0
     if code == SGD:
         for i in range(n):
-            g = G[i]
-            if hp[1] != 0:
-                g = g + wd * P[i]
+            g = G[i] + wd * P[i] if use_wd else G[i]
             P[i] -= lr * g
     elif code == SGDM:
         cs[2] = hp[2]
         cs[3] = 1 - hp[3]
         mom = cs[2]
         damp1 = cs[3]
+        nesterov = hp[4] != 0
         for i in range(n):
-            g = G[i]
-            if hp[1] != 0:
-                g = g + wd * P[i]
+            g = G[i] + wd * P[i] if use_wd else G[i]
             if hp[2] != 0:
-                if have:
-                    S1[i] = S1[i] * mom + damp1 * g
-                else:
-                    S1[i] = g
-                g = g + mom * S1[i] if hp[4] != 0 else S1[i]
+                b = _flush(S1[i] * mom + damp1 * g, tiny) if have else g
+                S1[i] = b
+                g = g + mom * b if nesterov else b
             P[i] -= lr * g
     elif code == ADAM:
         b1 = hp[2]
@@ -350,54 +360,66 @@ def _opt_step(code, hp, P, G, S1, S2, S3, t, have, cs):
         cs[6] = hp[4]  # eps
         cs[7] = -hp[0] / (1 - b1**t)
         cs[8] = 1 - hp[0] * hp[1]
+        one_b1, c_b2, one_b2, bc2, eps, step, decay = (
+            cs[2],
+            cs[3],
+            cs[4],
+            cs[5],
+            cs[6],
+            cs[7],
+            cs[8],
+        )
         decoupled = hp[5] != 0
-        amsgrad = hp[6] != 0
-        for i in range(n):
-            g = G[i]
-            if hp[1] != 0:
-                if decoupled:
-                    P[i] = P[i] * cs[8]
-                else:
-                    g = g + wd * P[i]
-            m = S1[i] + cs[2] * (g - S1[i])
-            S1[i] = m
-            v = S2[i] * cs[3]
-            v = v + cs[4] * g * g
-            S2[i] = v
-            if amsgrad:
+        l2 = use_wd and not decoupled
+        if use_wd and decoupled:
+            for i in range(n):
+                P[i] = P[i] * decay
+        if hp[6] != 0:  # amsgrad
+            for i in range(n):
+                g = G[i] + wd * P[i] if l2 else G[i]
+                m = _flush(S1[i] + one_b1 * (g - S1[i]), tiny)
+                v = _flush(S2[i] * c_b2 + one_b2 * g * g, tiny)
+                S1[i] = m
+                S2[i] = v
                 v = max(S3[i], v)
                 S3[i] = v
-            denom = np.sqrt(v) / cs[5] + cs[6]
-            P[i] += cs[7] * (m / denom)
+                P[i] += step * (m / (np.sqrt(v) / bc2 + eps))
+        else:
+            for i in range(n):
+                g = G[i] + wd * P[i] if l2 else G[i]
+                m = _flush(S1[i] + one_b1 * (g - S1[i]), tiny)
+                v = _flush(S2[i] * c_b2 + one_b2 * g * g, tiny)
+                S1[i] = m
+                S2[i] = v
+                P[i] += step * (m / (np.sqrt(v) / bc2 + eps))
     else:  # RMSPROP
         cs[2] = hp[2]
         cs[3] = 1 - hp[2]
         cs[4] = hp[3]  # eps
         cs[5] = hp[4]  # momentum
         cs[6] = -hp[0]
+        a, one_a, eps, mom, neg_lr = cs[2], cs[3], cs[4], cs[5], cs[6]
         centered = hp[5] != 0
+        use_mom = hp[4] > 0
         for i in range(n):
-            g = G[i]
-            if hp[1] != 0:
-                g = g + wd * P[i]
-            sq = S1[i] * cs[2]
-            sq = sq + cs[3] * g * g
+            g = G[i] + wd * P[i] if use_wd else G[i]
+            sq = _flush(S1[i] * a + one_a * g * g, tiny)
             S1[i] = sq
             if centered:
-                ga = S3[i] + cs[3] * (g - S3[i])
+                ga = _flush(S3[i] + one_a * (g - S3[i]), tiny)
                 S3[i] = ga
-                avg = np.sqrt(max(sq - ga * ga, 0))
+                avg = np.sqrt(max(sq - ga * ga, 0)) + eps
             else:
-                avg = np.sqrt(sq)
-            avg = avg + cs[4]
-            if hp[4] > 0:
-                S2[i] = S2[i] * cs[5] + g / avg
-                P[i] -= lr * S2[i]
+                avg = np.sqrt(sq) + eps
+            if use_mom:
+                b = _flush(S2[i] * mom + g / avg, tiny)
+                S2[i] = b
+                P[i] -= lr * b
             else:
-                P[i] += cs[6] * (g / avg)
+                P[i] += neg_lr * (g / avg)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _argmax(A, o, K):
     best = 0
     for j in range(1, K):
@@ -406,7 +428,7 @@ def _argmax(A, o, K):
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def train_epoch(
     prog,
     fargs,
@@ -489,7 +511,7 @@ def train_epoch(
     return OK, n_batches, hits, n_batches
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def forward_rows(prog, fargs, margs, io, P, X, out, bmax, W):
     """Inference over every row of X (flat, rows of io[0]) in chunks of bmax; fills out."""
     in_w, oo, K = io[0], io[1] * bmax, io[3]
