@@ -32,95 +32,109 @@ SGD, SGDM, ADAM, RMSPROP = 1, 2, 3, 4
 OK, BAD_LOSS, BAD_GRAD = 0, 1, 2
 
 
+# The helpers take array views (not offsets) so every index is a provably non-negative loop
+# counter: numba then drops its negative-index wraparound and LLVM vectorises the loops.
+
+
 @njit(cache=True, error_model="numpy")
-def _act_fwd(code, prm, W, zo, ao, nb, w):
+def _act_fwd(code, prm, z, a, nb, w, same):
+    """a = act(z) over nb rows of w values; `same`: z and a are one buffer (linear)."""
     n_el = nb * w
     if code == 0:
-        if zo != ao:
+        if not same:
             for e in range(n_el):
-                W[ao + e] = W[zo + e]
+                a[e] = z[e]
     elif code == 1:
         for e in range(n_el):
-            z = W[zo + e]
-            if z >= 0:
-                W[ao + e] = 1.0 / (1.0 + math.exp(-z))
+            v = z[e]
+            if v >= 0:
+                a[e] = 1.0 / (1.0 + math.exp(-v))
             else:
-                ez = math.exp(z)
-                W[ao + e] = ez / (1.0 + ez)
+                ev = math.exp(v)
+                a[e] = ev / (1.0 + ev)
     elif code == 2:
         for e in range(n_el):
-            W[ao + e] = np.tanh(W[zo + e])
+            a[e] = np.tanh(z[e])
     elif code == 3:
         for e in range(n_el):
-            z = W[zo + e]
-            W[ao + e] = z if z > 0 else z * 0  # NaN stays NaN, like z * (z > 0)
+            v = z[e]
+            a[e] = v if v > 0 else v - v  # 0 in the dtype; NaN and -inf give NaN like z * (z > 0)
     elif code == 4:
         for e in range(n_el):
-            z = W[zo + e]
-            W[ao + e] = z if z > 0 else z * prm
+            v = z[e]
+            a[e] = v if v > 0 else v * prm
     elif code == 5:
         for e in range(n_el):
-            z = W[zo + e]
-            W[ao + e] = z if z > 0 else prm * math.expm1(min(z, 0.0))
+            v = z[e]
+            a[e] = v if v > 0 else prm * math.expm1(min(v, 0.0))
     else:  # softmax over each row
         for n in range(nb):
             r = n * w
-            m = W[zo + r]
+            m = z[r]
             for j in range(1, w):
-                m = max(m, W[zo + r + j])
+                m = max(m, z[r + j])
             s = 0.0
             for j in range(w):
-                e_ = math.exp(W[zo + r + j] - m)
-                W[ao + r + j] = e_
-                s += e_
+                ev = math.exp(z[r + j] - m)
+                a[r + j] = ev
+                s += ev
             for j in range(w):
-                W[ao + r + j] = W[ao + r + j] / s
+                a[r + j] = a[r + j] / s
 
 
 @njit(cache=True, error_model="numpy")
-def _act_bwd(code, prm, W, zo, ao, D, go, T, nb, w):
-    """T[:nb*w] = d loss / d z from the gradient of the activation output at D[go:]."""
+def _act_bwd(code, prm, z, a, d, t, nb, w):
+    """t = d loss / d z from d = d loss / d a (nb rows of w values)."""
     n_el = nb * w
     if code == 0:
         for e in range(n_el):
-            T[e] = D[go + e]
+            t[e] = d[e]
     elif code == 1:
         for e in range(n_el):
-            a = W[ao + e]
-            T[e] = D[go + e] * a * (1 - a)
+            t[e] = d[e] * a[e] * (1 - a[e])
     elif code == 2:
         for e in range(n_el):
-            a = W[ao + e]
-            T[e] = D[go + e] * (1 - a * a)
+            t[e] = d[e] * (1 - a[e] * a[e])
     elif code == 3:
         for e in range(n_el):
-            d = D[go + e]
-            T[e] = d if W[zo + e] > 0 else d * 0
+            t[e] = d[e] if z[e] > 0 else d[e] - d[e]
     elif code == 4:
         for e in range(n_el):
-            d = D[go + e]
-            T[e] = d if W[zo + e] > 0 else d * prm
+            t[e] = d[e] if z[e] > 0 else d[e] * prm
     elif code == 5:
         for e in range(n_el):
-            d = D[go + e]
-            T[e] = d if W[zo + e] > 0 else d * (W[ao + e] + prm)
+            t[e] = d[e] if z[e] > 0 else d[e] * (a[e] + prm)
     else:
         for n in range(nb):
             r = n * w
             s = 0.0
             for j in range(w):
-                s += D[go + r + j] * W[ao + r + j]
+                s += d[r + j] * a[r + j]
             for j in range(w):
-                T[r + j] = W[ao + r + j] * (D[go + r + j] - s)
+                t[r + j] = a[r + j] * (d[r + j] - s)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _dot(A, ao, B, bo, n):
-    """sum_j A[ao + j] * B[bo + j], vectorised (reassociation only: NaN and Inf propagate)."""
-    s = A[ao] * B[bo]
-    for j in range(1, n):
-        s += A[ao + j] * B[bo + j]
+def _dot(x, y):
+    """sum_j x[j] * y[j], vectorised (reassociation only: NaN and Inf still propagate)."""
+    s = x[0] * y[0]
+    for j in range(1, x.shape[0]):
+        s += x[j] * y[j]
     return s
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _axpy(y, a, x):
+    """y += a * x."""
+    for j in range(y.shape[0]):
+        y[j] += a * x[j]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _add(y, x):
+    """y += x."""
+    for j in range(y.shape[0]):
+        y[j] += x[j]
 
 
 @njit(cache=True, error_model="numpy")
@@ -136,20 +150,35 @@ def _forward(prog, fargs, margs, P, W, bmax, nb):
             wo = prog[k, W_OFF]
             bo = prog[k, B_OFF]
             for n in range(nb):
-                yo = zo + n * ow
-                for j in range(ow):
-                    W[yo + j] = 0
+                y = W[zo + n * ow : zo + (n + 1) * ow]
+                x = W[xo + n * iw : xo + (n + 1) * iw]
+                y[:] = 0
                 for i in range(iw):
-                    xi = W[xo + n * iw + i]
-                    r = wo + i * ow
-                    for j in range(ow):
-                        W[yo + j] += xi * P[r + j]
+                    _axpy(y, x[i], P[wo + i * ow : wo + (i + 1) * ow])
                 if bo >= 0:
-                    for j in range(ow):
-                        W[yo + j] += P[bo + j]
-            _act_fwd(prog[k, ACT_CODE], fargs[k, 1], W, zo, ao, nb, ow)
+                    _add(y, P[bo : bo + ow])
+            n_el = nb * ow
+            _act_fwd(
+                prog[k, ACT_CODE],
+                fargs[k, 1],
+                W[zo : zo + n_el],
+                W[ao : ao + n_el],
+                nb,
+                ow,
+                zo == ao,
+            )
         elif op == ACT:
-            _act_fwd(prog[k, ACT_CODE], fargs[k, 1], W, prog[k, IN_D] * bmax, ao, nb, ow)
+            xo = prog[k, IN_D] * bmax
+            n_el = nb * ow
+            _act_fwd(
+                prog[k, ACT_CODE],
+                fargs[k, 1],
+                W[xo : xo + n_el],
+                W[ao : ao + n_el],
+                nb,
+                ow,
+                False,
+            )
         elif op == MERGE:
             mode = prog[k, MODE]
             s0 = prog[k, M_START]
@@ -181,7 +210,7 @@ def _forward(prog, fargs, margs, P, W, bmax, nb):
 
 
 @njit(cache=True, error_model="numpy")
-def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb):
+def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb, cs):
     for k in range(prog.shape[0] - 1, -1, -1):
         op = prog[k, OP]
         ow = prog[k, OUT_W]
@@ -195,31 +224,49 @@ def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb):
             wo = prog[k, W_OFF]
             bo = prog[k, B_OFF]
             gs = fargs[k, 0]
-            _act_bwd(prog[k, ACT_CODE], fargs[k, 1], W, zo, ao, D, go, T, nb, ow)
+            n_el = nb * ow
+            _act_bwd(
+                prog[k, ACT_CODE],
+                fargs[k, 1],
+                W[zo : zo + n_el],
+                W[ao : ao + n_el],
+                D[go : go + n_el],
+                T,
+                nb,
+                ow,
+            )
+            cs[12] = gs  # the gradient scale in the dtype
+            gsd = cs[12]
             for n in range(nb):
-                to = n * ow
+                t = T[n * ow : (n + 1) * ow]
+                x = W[xo + n * iw : xo + (n + 1) * iw]
                 for i in range(iw):
-                    xi = W[xo + n * iw + i]
-                    r = wo + i * ow
-                    if gs == 1.0:
-                        for j in range(ow):
-                            G[r + j] += xi * T[to + j]
-                    else:
-                        for j in range(ow):
-                            G[r + j] += gs * (xi * T[to + j])
+                    _axpy(G[wo + i * ow : wo + (i + 1) * ow], x[i] if gs == 1.0 else gsd * x[i], t)
                 if bo >= 0:
-                    for j in range(ow):
-                        G[bo + j] += T[to + j] if gs == 1.0 else gs * T[to + j]
+                    if gs == 1.0:
+                        _add(G[bo : bo + ow], t)
+                    else:
+                        _axpy(G[bo : bo + ow], gsd, t)
             if ig >= 0:
                 gi = ig * bmax
                 for n in range(nb):
-                    to = n * ow
+                    t = T[n * ow : (n + 1) * ow]
+                    dx = D[gi + n * iw : gi + (n + 1) * iw]
                     for i in range(iw):
-                        D[gi + n * iw + i] += _dot(T, to, P, wo + i * ow, ow)
+                        dx[i] += _dot(t, P[wo + i * ow : wo + (i + 1) * ow])
         elif op == ACT:
             if ig >= 0:
+                xo = prog[k, IN_D] * bmax
+                n_el = nb * ow
                 _act_bwd(
-                    prog[k, ACT_CODE], fargs[k, 1], W, prog[k, IN_D] * bmax, ao, D, go, T, nb, ow
+                    prog[k, ACT_CODE],
+                    fargs[k, 1],
+                    W[xo : xo + n_el],
+                    W[ao : ao + n_el],
+                    D[go : go + n_el],
+                    T,
+                    nb,
+                    ow,
                 )
                 gi = ig * bmax
                 for e in range(nb * ow):
@@ -255,7 +302,7 @@ def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb):
                         D[tg + e] += D[go + e] / cnt
                 else:  # multiply: g * the product of the other inputs
                     for e in range(n_el):
-                        pr = D[go + e] * 0 + 1
+                        pr = 1.0
                         for q2 in range(s0, s0 + cnt):
                             if q2 != q:
                                 pr = pr * W[margs[q2, 0] * bmax + e]
@@ -312,11 +359,11 @@ def _loss(obj, W, oo, D, og, Y, rows, nb, K):
     return total / nb
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _flush(x, tiny):
     """0 for a subnormal x: a decayed optimizer buffer that small moves no parameter, and
     subnormal arithmetic costs ~100x (dead units' buffers decay into that range)."""
-    return x if abs(x) >= tiny else x * 0
+    return x if not abs(x) < tiny else tiny - tiny  # NaN is kept
 
 
 @njit(cache=True, error_model="numpy")
@@ -487,7 +534,7 @@ def train_epoch(
             for e in range(nb * K):
                 D[og + e] = min(max(D[og + e], -clip[0]), clip[0])
         G[:] = 0
-        _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb)
+        _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb, cs)
         for i in range(G.shape[0]):
             if not math.isfinite(G[i]):
                 return BAD_GRAD, b, hits, b
