@@ -358,6 +358,17 @@ def _hparams(opt: Any) -> tuple[int, Array]:
     return code, hp
 
 
+def _patched(obj: Any, names: tuple[str, ...]) -> str | None:
+    """The first of `names` that `obj` overrides per instance or per subclass, if any."""
+    from neurons.graph import Network
+
+    base = Network if hasattr(obj, "unique_layers") else type(obj)
+    for name in names:
+        if name in vars(obj) or getattr(type(obj), name, None) is not getattr(base, name, None):
+            return f"{type(obj).__name__}.{name}"
+    return None
+
+
 def fit_fallback(
     net: Any, objective: Any, optimizer: Any, cfg: Any, on_batch: Any, classification: bool
 ) -> str | None:
@@ -375,6 +386,11 @@ def fit_fallback(
         return why
     if type(optimizer) not in _OPTIMIZERS:
         return f"optimizer {type(optimizer).__name__} has no compiled kernel"
+    patched = _patched(net, ("forward", "backward", "zero_grad", "_run")) or _patched(
+        optimizer, ("step", "_update")
+    )
+    if patched:
+        return f"{patched} is replaced on the instance (honoured on the tape)"
     if classification and getattr(objective, "predict_class", None) is not None:
         return "the objective's own predict_class runs on the tape"
     if on_batch is not None:

@@ -330,6 +330,9 @@ def test_named_fallbacks(rng):
     assert _fallback(_mlp(rng), engine="tape") == "train.engine=tape"
     big = Network([Dense(1200), Dense(3)], head="softmax").build((4,), rng)
     assert "BLAS" in _fallback(big, batch_size=512)
+    patched = _mlp(rng)
+    patched.backward = lambda dout, tape: None
+    assert "Network.backward is replaced" in _fallback(patched)
     crate = _mlp(rng)
     crate.compat = CompatConfig()
     assert "net.compat" in _fallback(crate)
