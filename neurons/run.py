@@ -269,6 +269,8 @@ def _summary(
         "train_seconds": float(sum(secs)),
         "seconds_per_epoch": float(np.mean(secs)) if secs else None,
         "threads": threads,
+        "engine_path": state.engine_path or None,  # compiled | tape (neurons.plan)
+        "engine_fallback": state.engine_fallback,
         "versions": _versions(),
         "seed": int(cfg.seed),
         "objective": exp.objective_name,

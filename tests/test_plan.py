@@ -397,6 +397,12 @@ def test_nonfinite_validation_same_error(rng):
 # ---------------------------------------------------------------------------- the plan
 
 
+def test_merge_table_covers_every_mode():
+    from neurons.graph import MERGE_OPS, MERGES
+
+    assert tuple(MERGE_OPS) == MERGES
+
+
 def test_plan_traces_loops_and_feedback_once(rng):
     fb = Feedback([Dense(6), Dense(6)], loops=3, coupling="mean")
     net = _mlp(rng, middle=[fb], skips=[Skip(1, 2)])
@@ -409,3 +415,16 @@ def test_plan_traces_loops_and_feedback_once(rng):
     prog = planning.compiled_for(net).program
     assert prog.n_params == net.n_params()
     assert planning.compiled_for(net) is planning.compiled_for(net)  # built once per network
+
+
+def test_a_run_records_its_engine_path(tmp_path):
+    run = neurons.fit(
+        ["arch=mlp_feedback", "arch.skip=true", "train.epochs=2", "train.threads=1"],
+        run_dir=tmp_path / "compiled",
+    )
+    assert run.summary["engine_path"] == "compiled" and run.summary["engine_fallback"] is None
+    run = neurons.fit(
+        ["objective=rmse", "train.epochs=1", "train.threads=1"], run_dir=tmp_path / "tape"
+    )
+    assert run.summary["engine_path"] == "tape"
+    assert "objective 'rmse'" in run.summary["engine_fallback"]
