@@ -428,3 +428,14 @@ def test_a_run_records_its_engine_path(tmp_path):
     )
     assert run.summary["engine_path"] == "tape"
     assert "objective 'rmse'" in run.summary["engine_fallback"]
+
+
+def test_a_checkpoint_serialised_once_is_the_same_file(tmp_path):
+    from neurons import record as rec
+
+    arrays, meta = {"model.param.w": np.arange(6.0).reshape(2, 3)}, {"epoch": 3}
+    rec.save_checkpoint(tmp_path / "a.npz", arrays, meta)
+    rec.save_checkpoint(tmp_path / "b.npz", arrays, meta, rec.checkpoint_bytes(arrays, meta))
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    loaded, m = rec.load_checkpoint(tmp_path / "b.npz")
+    assert m == meta and np.array_equal(loaded["model.param.w"], arrays["model.param.w"])
