@@ -142,6 +142,7 @@ MERGE_OPS: dict[str, tuple[Callable, Callable]] = {
     "overwrite": (lambda xs: xs[-1], lambda g, xs: (None,) * (len(xs) - 1) + (g,)),
 }
 
+
 class Feedback:
     """A feedback block (FB2/COUPLE): `loops` unrolled copies of `layers` run in sequence.
 

@@ -370,7 +370,7 @@ def _patched(obj: Any, names: tuple[str, ...]) -> str | None:
 
 
 def fit_fallback(
-    net: Any, objective: Any, optimizer: Any, cfg: Any, on_batch: Any, classification: bool
+    net: Any, objective: Any, optimizer: Any, cfg: Any, classification: bool
 ) -> str | None:
     """Why `fit` must use the tape path (None: the compiled path applies)."""
     engine = getattr(cfg, "engine", "auto")
@@ -393,8 +393,6 @@ def fit_fallback(
         return f"{patched} is replaced on the instance (honoured on the tape)"
     if classification and getattr(objective, "predict_class", None) is not None:
         return "the objective's own predict_class runs on the tape"
-    if on_batch is not None:
-        return "an on_batch callback needs per-batch calls"
     params = net.named_parameters()
     if set(optimizer.params) != set(params) or any(
         optimizer.params[k] is not v for k, v in params.items()

@@ -194,11 +194,15 @@ def _compiled_epoch(
     n_batches: int,
     state: TrainState,
     cfg: TrainConfig,
+    on_batch: Callable[[int, int, float], None] | None,
 ) -> tuple[float, int]:
     """One epoch through the kernel: (loss sum as the tape path adds it, hits); the same
-    NonFiniteLoss messages (epoch, batch, step) as `train_step` inside `fit`."""
+    NonFiniteLoss messages (epoch, batch, step) as `train_step` inside `fit`. `on_batch` gets
+    the calls the tape path makes, in order, after the kernel returns."""
     status, b, hits, steps, losses = trainer.epoch(order)
     state.step += steps
+    for k in range(steps if on_batch is not None else 0):
+        on_batch(k + 1, n_batches, float(losses[k]))
     if status != pk.OK:
         if status == pk.BAD_LOSS:
             what = f"training loss is {float(losses[b])}"
@@ -252,7 +256,7 @@ def fit(
     dtype = model.dtype
     fused = model.head is not None and model.head == getattr(objective, "fused_activation", None)
     start_epoch = getattr(optimizer, "start_epoch", None)  # neurons.compat: t = epoch
-    why = planning.fit_fallback(model, objective, optimizer, cfg, on_batch, classification)
+    why = planning.fit_fallback(model, objective, optimizer, cfg, classification)
     if start_epoch is not None and why is None:
         why = "the optimizer's start_epoch hook runs on the tape"
     trainer = None
@@ -273,7 +277,9 @@ def fit(
         order = rng.permutation(n) if cfg.shuffle else np.arange(n)
         loss_sum, hits = 0.0, 0
         if trainer is not None:
-            loss_sum, hits = _compiled_epoch(trainer, model, order, epoch, n_batches, state, cfg)
+            loss_sum, hits = _compiled_epoch(
+                trainer, model, order, epoch, n_batches, state, cfg, on_batch
+            )
         for b in range(n_batches if trainer is None else 0):
             idx = order[b * bs : (b + 1) * bs]
             xb = x_train[idx].astype(dtype, copy=False)

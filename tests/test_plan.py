@@ -326,7 +326,6 @@ def test_named_fallbacks(rng):
     assert "objective 'rmse'" in _fallback(_mlp(rng, head=None), objective="rmse")
     assert "objective 'kld'" in _fallback(_mlp(rng, head=None), objective="kld")
     assert "head softmax" in _fallback(_mlp(rng), objective="mse")
-    assert "on_batch" in _fallback(_mlp(rng), on_batch=lambda b, n, loss: None)
     assert _fallback(_mlp(rng), engine="tape") == "train.engine=tape"
     big = Network([Dense(1200), Dense(3)], head="softmax").build((4,), rng)
     assert "BLAS" in _fallback(big, batch_size=512)
@@ -336,6 +335,26 @@ def test_named_fallbacks(rng):
     crate = _mlp(rng)
     crate.compat = CompatConfig()
     assert "net.compat" in _fallback(crate)
+
+
+def test_on_batch_gets_the_tape_paths_calls_after_each_compiled_epoch(rng):
+    net = _mlp(rng)
+    x, y = _data(rng, d=6)
+    calls = {}
+    for engine in ("tape", "compiled"):
+        seen: list = []
+        n2 = copy.deepcopy(net)
+        opt = make_optimizer("adam", n2.named_parameters(), lr=0.01)
+        cfg = TrainConfig(epochs=2, batch_size=5, engine=engine)
+        hook = lambda b, n, loss, s=seen: s.append((b, n, loss))  # noqa: E731
+        obj = make_objective("cross_entropy")
+        st = fit(n2, obj, opt, x, y, None, None, cfg, np.random.default_rng(0), on_batch=hook)
+        calls[engine] = seen
+        assert st.engine_path == engine
+    assert [c[:2] for c in calls["compiled"]] == [c[:2] for c in calls["tape"]]
+    assert [c[:2] for c in calls["tape"]][:6] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5), (1, 5)]
+    losses = [[c[2] for c in calls[e]] for e in ("tape", "compiled")]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-12)
 
 
 def test_unknown_engine_is_refused(rng):
