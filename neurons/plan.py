@@ -19,7 +19,7 @@ from neurons import objectives as objs
 from neurons import optim
 from neurons.kernels import Array, Shape
 from neurons.kernels import program as pk
-from neurons.layers import Activation, Dense, Flatten, Layer, Reshape
+from neurons.layers import Activation, Dense, Flatten, Layer, NormDense, Reshape
 
 # Above this many parameter-rows per step (n_params x batch rows), BLAS on the tape path wins.
 AUTO_LIMIT = 1 << 21
@@ -111,7 +111,7 @@ def trace(net: Any, recurrent: bool = True, skips: bool = True) -> Plan:
 
 def unsupported_layer(layer: Layer) -> str | None:
     """Why `layer` has no kernel (None when it has one)."""
-    if type(layer) is Dense:
+    if type(layer) in (Dense, NormDense):
         return None if layer.activation in pk.ACTS else f"activation {layer.activation}"
     if type(layer) is Activation:
         return None if layer.activation in pk.ACTS else f"activation {layer.activation}"
@@ -125,12 +125,13 @@ class Program:
     """A plan lowered to kernel arrays; offsets are per sample (the kernels multiply by rows)."""
 
     prog: Array  # (n_ops, N_COLS) int64
-    fargs: Array  # (n_ops, 2) float64: gradient scale, activation parameter
+    fargs: Array  # (n_ops, 3) float64: gradient scale, activation parameter, output scale
     margs: Array  # (n_merge_inputs, 2) int64: data slot, grad slot
     io: Array  # int64, see kernels.program.train_epoch
     data_width: int  # per-sample size of the activation workspace
     grad_width: int  # per-sample size of the gradient workspace
     max_width: int
+    tw_width: int  # size of the NormNet tan(W) buffer
     layout: list[tuple[str, int, int]]  # (parameter name, offset, size) in the flat buffer
     n_params: int
 
@@ -161,8 +162,9 @@ def lower(net: Any, plan: Plan) -> Program:
         gpos += plan.widths[v]
 
     new_data(0)  # the network input: data slot 0, no gradient
+    twpos = 0
     rows: list[list[int]] = []
-    fargs: list[tuple[float, float]] = []
+    fargs: list[tuple[float, float, float]] = []
     margs: list[tuple[int, int]] = []
     for st in plan.steps:
         w = plan.widths[st.out]
@@ -179,7 +181,7 @@ def lower(net: Any, plan: Plan) -> Program:
             data[st.out] = data[src]
             new_grad(st.out)
             row[pk.OP] = pk.SCALE
-            fargs.append((st.gscale, 0.0))
+            fargs.append((st.gscale, 0.0, 1.0))
         elif st.op == "merge":
             new_data(st.out)
             new_grad(st.out)
@@ -187,7 +189,7 @@ def lower(net: Any, plan: Plan) -> Program:
             row[pk.MODE] = pk.MERGE_CODES[st.mode]
             row[pk.M_START], row[pk.M_COUNT] = len(margs), len(st.ins)
             margs.extend((data[i], grad[i]) for i in st.ins)
-            fargs.append((1.0, 0.0))
+            fargs.append((1.0, 0.0, 1.0))
         else:
             layer = st.layer
             prm = getattr(layer, "activation_param", None)
@@ -197,13 +199,21 @@ def lower(net: Any, plan: Plan) -> Program:
             new_data(st.out)
             new_grad(st.out)
             row[pk.ACT_CODE] = pk.ACTS[act]
-            fargs.append((st.gscale, float(prm)))
-            if type(layer) is Dense:
+            scale = getattr(layer, "scale", None) if type(layer) is NormDense else None
+            fargs.append((st.gscale, float(prm), 1.0 if scale is None else float(scale)))
+            row[pk.TW_OFF], row[pk.A_D] = -1, data[st.out]
+            if type(layer) in (Dense, NormDense):
                 row[pk.OP] = pk.DENSE
                 row[pk.W_OFF] = offsets[(id(layer), "w")]
                 row[pk.B_OFF] = offsets.get((id(layer), "b"), -1)
+                if type(layer) is NormDense:
+                    row[pk.TW_OFF] = twpos  # tan(W), then (1 + tan(W)^2) / n_in
+                    twpos += 2 * layer.params["w"].size
+                if scale is not None:
+                    row[pk.A_D] = dpos  # the activation before the output scale
+                    dpos += w
                 if act == "linear":
-                    row[pk.Z_D] = data[st.out]
+                    row[pk.Z_D] = row[pk.A_D]
                 else:
                     row[pk.Z_D] = dpos  # the pre-activation, kept for the backward pass
                     dpos += w
@@ -219,12 +229,13 @@ def lower(net: Any, plan: Plan) -> Program:
     )
     return Program(
         prog=np.array(rows, np.int64).reshape(-1, pk.N_COLS),
-        fargs=np.array(fargs, np.float64).reshape(-1, 2),
+        fargs=np.array(fargs, np.float64).reshape(-1, 3),
         margs=np.array(margs, np.int64).reshape(-1, 2),
         io=io,
         data_width=max(dpos, 1),
         grad_width=max(gpos, 1),
         max_width=max(plan.widths),
+        tw_width=max(twpos, 1),
         layout=layout,
         n_params=pos,
     )
@@ -238,6 +249,11 @@ class Compiled:
     program: Program
     dtype: np.dtype
     _ws: dict[int, tuple[Array, Array, Array]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tw = np.zeros(self.program.tw_width, self.dtype)  # NormNet tan(W), per step
+        self.cs = np.zeros(16, self.dtype)  # dtype-rounded scalars for the kernels
+        self.cs[13] = np.finfo(self.dtype).tiny  # the smallest normal number (kernels' _flush)
 
     def workspaces(self, bmax: int) -> tuple[Array, Array, Array]:
         """(activations, gradients, scratch) for up to `bmax` rows, allocated once per size."""
@@ -276,7 +292,7 @@ class Compiled:
         k = int(self.program.io[3])
         out = np.empty(n * k, self.dtype)
         p = self.program
-        pk.forward_rows(p.prog, p.fargs, p.margs, p.io, P, xf, out, bmax, W)
+        pk.forward_rows(p.prog, p.fargs, p.margs, p.io, P, xf, out, bmax, W, self.tw, self.cs)
         return out.reshape(n, k)  # flat -> (N, K)
 
 
@@ -431,8 +447,7 @@ class CompiledTrainer:
         self.P, self.G = np.empty(n, dt), np.zeros(n, dt)
         self.code = _OPTIMIZERS[type(optimizer)]
         self.bufs = [np.zeros(n if k else 0, dt) for k in _BUFFERS[self.code]]
-        self.cs = np.zeros(16, dt)
-        self.cs[13] = np.finfo(dt).tiny  # the smallest normal number (see kernels' _flush)
+        self.cs = c.cs
         clip_v = np.nan if cfg.clip_value is None else float(cfg.clip_value)
         clip_n = np.nan if cfg.clip_norm is None else float(cfg.clip_norm)
         if cfg.clip_value is not None:
@@ -489,6 +504,7 @@ class CompiledTrainer:
             W,
             D,
             T,
+            c.tw,
             self.clip,
             code,
             hp,

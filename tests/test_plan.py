@@ -29,6 +29,7 @@ MLP_PRESETS = [
     "mlp_feedback",
     "mlp_feedback_x3",
     "mlp_feedback_x4",
+    "mlp_normnet",
 ]
 
 
@@ -136,7 +137,9 @@ def test_every_mlp_preset_float64(name, skip):
     exp = _preset(name, skip, "float64")
     ds = exp.dataset
     runs = [_fit_preset(exp, engine, 2, 3e-3) for engine in ("tape", "compiled")]
-    assert_same_training(*runs, 1e-11)
+    # NormNet's tan(W) amplifies rounding differences over hundreds of steps (a ReLU kink or a
+    # large tan' flips); one step agrees to rounding (see the normnet test)
+    assert_same_training(*runs, 1e-5 if name == "mlp_normnet" else 1e-11)
     for kw in ({"recurrent": False}, {"skips": False}):  # the probes
         net = runs[1][0]
         a = evaluate(net, exp.objective, ds.x_val, ds.y_val, classification=True, **kw)
@@ -215,6 +218,16 @@ def test_feedback_merges_reshape_and_activation_layers(merge, rng):
     )
     middle = [Reshape((2, 3)), Dense(6, activation="softmax", bias=False), fb]
     _both(_mlp(rng, middle=middle))
+
+
+@pytest.mark.parametrize("scale", [None, 2.5])
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "linear"])
+def test_normnet_dense_with_output_scale_and_tied_copies(scale, act, rng):
+    fb = Feedback([NormDense(6, activation=act, scale=scale)], loops=2, coupling="mean")
+    middle = [NormDense(6, activation="relu", scale=scale), fb]
+    net = _mlp(rng, skips=[Skip(1, 3)], middle=middle, head=None)
+    _both(net, objective="mse", rtol=1e-10, epochs=1, batch_size=24)  # one step: to rounding
+    _both(net, objective="mse", rtol=1e-5)  # tan'(W) amplifies rounding over the steps
 
 
 # ---------------------------------------------------------------------------- optimizers, losses
@@ -321,8 +334,6 @@ def test_named_fallbacks(rng):
     assert "'dropout'" in _fallback(drop)
     bn = Network([Dense(5), BatchNorm(), Dense(3)], head="softmax").build((4,), rng)
     assert "'batchnorm'" in _fallback(bn)
-    nd = Network([NormDense(5), Dense(3)], head="softmax").build((4,), rng)
-    assert "'normdense'" in _fallback(nd)
     assert "objective 'rmse'" in _fallback(_mlp(rng, head=None), objective="rmse")
     assert "objective 'kld'" in _fallback(_mlp(rng, head=None), objective="kld")
     assert "head softmax" in _fallback(_mlp(rng), objective="mse")

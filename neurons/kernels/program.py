@@ -16,10 +16,12 @@ from numba import njit
 # op codes (column OP of a program row)
 DENSE, ACT, MERGE, SCALE = 1, 2, 3, 4
 # program row columns
-OP, OUT_D, OUT_G, OUT_W, IN_D, IN_G, IN_W, W_OFF, B_OFF, ACT_CODE, Z_D, MODE, M_START, M_COUNT = (
-    range(14)
-)
-N_COLS = 14
+(OP, OUT_D, OUT_G, OUT_W, IN_D, IN_G, IN_W, W_OFF, B_OFF, ACT_CODE, Z_D, MODE, M_START, M_COUNT,
+ TW_OFF, A_D) = range(16)  # fmt: skip
+N_COLS = 16
+# TW_OFF: NormNet dense (x @ tan(W)) / n_in: offset of tan(W) and of (1 + tan^2) / n_in in the
+# kernels' TW buffer (-1: plain dense); A_D: slot of the activation before the output scale
+# (fargs[k, 2]; A_D == OUT_D when there is none)
 # activation codes
 ACTS = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "elu": 5, "softmax": 6}
 # merge codes (overwrite never reaches a kernel: the plan aliases the last input)
@@ -138,7 +140,7 @@ def _add(y, x):
 
 
 @njit(cache=True, error_model="numpy")
-def _forward(prog, fargs, margs, P, W, bmax, nb):
+def _forward(prog, fargs, margs, P, W, TW, cs, bmax, nb):
     for k in range(prog.shape[0]):
         op = prog[k, OP]
         ow = prog[k, OUT_W]
@@ -147,14 +149,29 @@ def _forward(prog, fargs, margs, P, W, bmax, nb):
             iw = prog[k, IN_W]
             xo = prog[k, IN_D] * bmax
             zo = prog[k, Z_D] * bmax
+            ad = prog[k, A_D] * bmax
             wo = prog[k, W_OFF]
             bo = prog[k, B_OFF]
+            to = prog[k, TW_OFF]
+            m = iw * ow
+            if to >= 0:  # NormNet: the weights are tan(W), the sum is divided by n_in
+                wts = TW[to : to + m]
+                fac = TW[to + m : to + 2 * m]
+                for e in range(m):
+                    v = math.tan(P[wo + e])
+                    wts[e] = v
+                    fac[e] = (1 + v * v) / iw
+            else:
+                wts = P[wo : wo + m]
             for n in range(nb):
                 y = W[zo + n * ow : zo + (n + 1) * ow]
                 x = W[xo + n * iw : xo + (n + 1) * iw]
                 y[:] = 0
                 for i in range(iw):
-                    _axpy(y, x[i], P[wo + i * ow : wo + (i + 1) * ow])
+                    _axpy(y, x[i], wts[i * ow : (i + 1) * ow])
+                if to >= 0:
+                    for j in range(ow):
+                        y[j] = y[j] / iw
                 if bo >= 0:
                     _add(y, P[bo : bo + ow])
             n_el = nb * ow
@@ -162,11 +179,15 @@ def _forward(prog, fargs, margs, P, W, bmax, nb):
                 prog[k, ACT_CODE],
                 fargs[k, 1],
                 W[zo : zo + n_el],
-                W[ao : ao + n_el],
+                W[ad : ad + n_el],
                 nb,
                 ow,
-                zo == ao,
+                zo == ad,
             )
+            if ad != ao:
+                cs[11] = fargs[k, 2]  # the output scale in the dtype
+                for e in range(n_el):
+                    W[ao + e] = W[ad + e] * cs[11]
         elif op == ACT:
             xo = prog[k, IN_D] * bmax
             n_el = nb * ow
@@ -210,7 +231,7 @@ def _forward(prog, fargs, margs, P, W, bmax, nb):
 
 
 @njit(cache=True, error_model="numpy")
-def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb, cs):
+def _backward(prog, fargs, margs, P, G, W, D, T, TW, bmax, nb, cs):
     for k in range(prog.shape[0] - 1, -1, -1):
         op = prog[k, OP]
         ow = prog[k, OUT_W]
@@ -225,23 +246,40 @@ def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb, cs):
             bo = prog[k, B_OFF]
             gs = fargs[k, 0]
             n_el = nb * ow
+            ad = prog[k, A_D] * bmax
+            to = prog[k, TW_OFF]
+            m = iw * ow
+            d = D[go : go + n_el]
+            if ad != ao:  # the gradient w.r.t. the activation before the output scale
+                cs[11] = fargs[k, 2]
+                for e in range(n_el):
+                    T[e] = d[e] * cs[11]
+                d = T[:n_el]  # _act_bwd reads then writes each element: in place is safe
             _act_bwd(
                 prog[k, ACT_CODE],
                 fargs[k, 1],
                 W[zo : zo + n_el],
-                W[ao : ao + n_el],
-                D[go : go + n_el],
+                W[ad : ad + n_el],
+                d,
                 T,
                 nb,
                 ow,
             )
             cs[12] = gs  # the gradient scale in the dtype
             gsd = cs[12]
+            wts = TW[to : to + m] if to >= 0 else P[wo : wo + m]
             for n in range(nb):
                 t = T[n * ow : (n + 1) * ow]
                 x = W[xo + n * iw : xo + (n + 1) * iw]
                 for i in range(iw):
-                    _axpy(G[wo + i * ow : wo + (i + 1) * ow], x[i] if gs == 1.0 else gsd * x[i], t)
+                    a = x[i] if gs == 1.0 else gsd * x[i]
+                    g = G[wo + i * ow : wo + (i + 1) * ow]
+                    if to >= 0:  # d tan(w) / dw / n_in
+                        f = TW[to + m + i * ow : to + m + (i + 1) * ow]
+                        for j in range(ow):
+                            g[j] += a * t[j] * f[j]
+                    else:
+                        _axpy(g, a, t)
                 if bo >= 0:
                     if gs == 1.0:
                         _add(G[bo : bo + ow], t)
@@ -253,7 +291,8 @@ def _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb, cs):
                     t = T[n * ow : (n + 1) * ow]
                     dx = D[gi + n * iw : gi + (n + 1) * iw]
                     for i in range(iw):
-                        dx[i] += _dot(t, P[wo + i * ow : wo + (i + 1) * ow])
+                        s_ = _dot(t, wts[i * ow : (i + 1) * ow])
+                        dx[i] += s_ / iw if to >= 0 else s_
         elif op == ACT:
             if ig >= 0:
                 xo = prog[k, IN_D] * bmax
@@ -494,6 +533,7 @@ def train_epoch(
     W,
     D,
     T,
+    TW,
     clip,
     opt_code,
     hp,
@@ -523,7 +563,7 @@ def train_epoch(
             dst = r * in_w
             for i in range(in_w):
                 W[dst + i] = X[src + i]
-        _forward(prog, fargs, margs, P, W, bmax, nb)
+        _forward(prog, fargs, margs, P, W, TW, cs, bmax, nb)
         D[:] = 0
         cs[14] = _loss(obj, W, oo, D, og, Y, rows, nb, K)  # rounded to the dtype, like numpy
         loss = float(cs[14])
@@ -534,7 +574,7 @@ def train_epoch(
             for e in range(nb * K):
                 D[og + e] = min(max(D[og + e], -clip[0]), clip[0])
         G[:] = 0
-        _backward(prog, fargs, margs, P, G, W, D, T, bmax, nb, cs)
+        _backward(prog, fargs, margs, P, G, W, D, T, TW, bmax, nb, cs)
         for i in range(G.shape[0]):
             if not math.isfinite(G[i]):
                 return BAD_GRAD, b, hits, b
@@ -559,7 +599,7 @@ def train_epoch(
 
 
 @njit(cache=True, error_model="numpy")
-def forward_rows(prog, fargs, margs, io, P, X, out, bmax, W):
+def forward_rows(prog, fargs, margs, io, P, X, out, bmax, W, TW, cs):
     """Inference over every row of X (flat, rows of io[0]) in chunks of bmax; fills out."""
     in_w, oo, K = io[0], io[1] * bmax, io[3]
     n = X.shape[0] // in_w
@@ -567,6 +607,6 @@ def forward_rows(prog, fargs, margs, io, P, X, out, bmax, W):
         nb = min(bmax, n - start)
         for e in range(nb * in_w):
             W[e] = X[start * in_w + e]
-        _forward(prog, fargs, margs, P, W, bmax, nb)
+        _forward(prog, fargs, margs, P, W, TW, cs, bmax, nb)
         for e in range(nb * K):
             out[start * K + e] = W[oo + e]
