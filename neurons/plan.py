@@ -3,8 +3,8 @@
 `Plan` is the order of layer applications, skips, loop passes and feedback copies that
 `Network.forward` performs, traced once symbolically (so it cannot drift from the tape path);
 `Program` lowers it to int op codes for `neurons.kernels.program`. `CompiledTrainer` runs whole
-epochs in one kernel call; `supported` names why a network/objective/optimizer falls back to
-the tape path. Not a second engine: anything it cannot express runs on the tape as before.
+epochs in one kernel call; `fit_fallback` names why a network/objective/optimizer falls back
+to the tape path. Not a second engine: anything it cannot express runs on the tape as before.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ class _Recorder:
             "rng": self.exp.rng.bit_generator.state,
         }
         self.snapshot = (arrays, meta)
-        self._bytes: bytes | None = None
+        self._bytes = None
 
     def snapshot_bytes(self) -> bytes:
         """The snapshot serialised once, however many checkpoints (best, last) it becomes."""
