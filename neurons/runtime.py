@@ -51,11 +51,17 @@ def set_job_default(threads: int | None, rule: str | None = None) -> None:
 
 
 def set_threads(threads: int | None) -> dict[str, int | str]:
-    """Set numba's and BLAS's thread counts (None = the job default, else all cores).
+    """Set numba's thread count (None = the job default, else all cores); BLAS runs on one.
 
+    One thread pool owns the cores: numba's. BLAS (numpy's and scipy's OpenBLAS, the latter
+    called by numba's `np.dot`) is held at one thread, and the kernels that need parallel GEMMs
+    split them into single-threaded BLAS calls inside numba's parallel loops. An idle OpenBLAS
+    pool spin-waits next to numba's threads unless OPENBLAS_THREAD_TIMEOUT was set before numpy
+    loaded it, so letting BLAS run threaded made speed depend on the import order (issue 15).
     Returns what is in force and the rule that chose it (recorded in summary.json).
     """
     import numba
+    import scipy.linalg.cython_blas  # noqa: F401  (load scipy's OpenBLAS so it is limited too)
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from neurons.numba_cache import install_compile_lock
@@ -70,7 +76,7 @@ def set_threads(threads: int | None) -> dict[str, int | str]:
         rule = f"all {threads} cores"
     n = min(threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
-    threadpool_limits(limits=n)
+    threadpool_limits(limits=1, user_api="blas")
     blas = [i.get("num_threads", 0) for i in threadpool_info() if i.get("user_api") == "blas"]
     return {"numba": numba.get_num_threads(), "blas": max(blas) if blas else 0, "rule": rule}
 

@@ -118,56 +118,110 @@ def _pad(x: Array, ph: int, pw: int) -> Array:
 
 
 @njit(cache=True)
-def _im2col(xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n):  # pragma: no cover - numba
-    """xp: (N, C, Hp, Wp) -> cols: (C*kh*kw, N, OH*OW), row r = (c*kh + i)*kw + j.
-
-    The (CK, N*P) layout turns forward, dx and dw into one large GEMM each.
-
-    Serial on purpose: it feeds a multi-threaded BLAS call, and a numba thread pool spinning
-    next to BLAS threads halves the speed of both on small machines.
-    """
-    n_n, c_n = xp.shape[0], xp.shape[1]
-    cols = np.empty((c_n * kh * kw, n_n, oh_n * ow_n), dtype=xp.dtype)
-    for n in range(n_n):
-        for c in range(c_n):
-            for i in range(kh):
-                for j in range(kw):
-                    row = cols[(c * kh + i) * kw + j, n]
-                    for oh in range(oh_n):
-                        src = xp[n, c, oh * sh + i * dh, j * dw :]
-                        dst = row[oh * ow_n : (oh + 1) * ow_n]
-                        if sw == 1:  # contiguous copy, vectorised
-                            for ow in range(ow_n):
-                                dst[ow] = src[ow]
-                        else:
-                            for ow in range(ow_n):
-                                dst[ow] = src[ow * sw]
-    return cols
+def _im2col1(x, cols, kh, kw, sh, sw, dh, dw, oh_n, ow_n):  # pragma: no cover - numba
+    """One sample: x: (C, Hp, Wp) -> cols: (C*kh*kw, OH*OW) in place, row r = (c*kh + i)*kw + j."""
+    for c in range(x.shape[0]):
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(c * kh + i) * kw + j]
+                for oh in range(oh_n):
+                    src = x[c, oh * sh + i * dh, j * dw :]
+                    dst = row[oh * ow_n : (oh + 1) * ow_n]
+                    if sw == 1:  # contiguous copy, vectorised
+                        for ow in range(ow_n):
+                            dst[ow] = src[ow]
+                    else:
+                        for ow in range(ow_n):
+                            dst[ow] = src[ow * sw]
 
 
 @njit(cache=True)
-def _col2im(dcols, c_n, kh, kw, sh, sw, dh, dw, oh_n, ow_n, hp, wp):  # pragma: no cover
-    """dcols: (C*kh*kw, N, OH*OW) -> dxp: (N, C, Hp, Wp); overlapping windows accumulate.
+def _col2im1(dcols, dx, kh, kw, sh, sw, dh, dw, oh_n, ow_n):  # pragma: no cover - numba
+    """One sample: dcols: (C*kh*kw, OH*OW) -> dx: (C, Hp, Wp) (zeroed by the caller);
+    overlapping windows accumulate."""
+    for c in range(dx.shape[0]):
+        for i in range(kh):
+            for j in range(kw):
+                row = dcols[(c * kh + i) * kw + j]
+                for oh in range(oh_n):
+                    dst = dx[c, oh * sh + i * dh, j * dw :]
+                    src = row[oh * ow_n : (oh + 1) * ow_n]
+                    if sw == 1:
+                        for ow in range(ow_n):
+                            dst[ow] += src[ow]
+                    else:
+                        for ow in range(ow_n):
+                            dst[ow * sw] += src[ow]
 
-    Serial for the same reason as `_im2col`.
+
+# The GEMM path runs BLAS single-threaded inside numba's parallel loops (neurons.runtime keeps
+# BLAS at one thread): one thread pool owns the cores, and no BLAS thread spin-waits next to a
+# numba kernel, whatever the import order (issue 15: numpy first cost up to 1.8x).
+
+
+@njit(parallel=True, cache=True)
+def _gemm_fwd(xp, w2, kh, kw, sh, sw, dh, dw, oh_n, ow_n):  # pragma: no cover - numba
+    """xp: (N, C, Hp, Wp), w2: (F, C*kh*kw) -> y: (N, F, OH, OW), cols: (N, C*kh*kw, OH*OW).
+
+    Per sample: im2col, then one single-threaded GEMM (F, CK) @ (CK, P) straight into y[n].
     """
-    n_n = dcols.shape[1]
-    dxp = np.zeros((n_n, c_n, hp, wp), dtype=dcols.dtype)
-    for n in range(n_n):
-        for c in range(c_n):
-            for i in range(kh):
-                for j in range(kw):
-                    row = dcols[(c * kh + i) * kw + j, n]
-                    for oh in range(oh_n):
-                        dst = dxp[n, c, oh * sh + i * dh, j * dw :]
-                        src = row[oh * ow_n : (oh + 1) * ow_n]
-                        if sw == 1:
-                            for ow in range(ow_n):
-                                dst[ow] += src[ow]
-                        else:
-                            for ow in range(ow_n):
-                                dst[ow * sw] += src[ow]
+    n_n = xp.shape[0]
+    f_n, ck = w2.shape
+    p = oh_n * ow_n
+    cols = np.empty((n_n, ck, p), dtype=xp.dtype)
+    y = np.empty((n_n, f_n, p), dtype=xp.dtype)
+    for n in prange(n_n):
+        _im2col1(xp[n], cols[n], kh, kw, sh, sw, dh, dw, oh_n, ow_n)
+        np.dot(w2, cols[n], y[n])
+    return y.reshape(n_n, f_n, oh_n, ow_n), cols
+
+
+@njit(parallel=True, cache=True)
+def _gemm_cols(xp, ck, kh, kw, sh, sw, dh, dw, oh_n, ow_n):  # pragma: no cover - numba
+    """xp: (N, C, Hp, Wp) -> cols: (N, C*kh*kw, OH*OW) (im2col alone, for a weight gradient)."""
+    n_n = xp.shape[0]
+    cols = np.empty((n_n, ck, oh_n * ow_n), dtype=xp.dtype)
+    for n in prange(n_n):
+        _im2col1(xp[n], cols[n], kh, kw, sh, sw, dh, dw, oh_n, ow_n)
+    return cols
+
+
+@njit(parallel=True, cache=True)
+def _gemm_dx(dy, w2, c_n, kh, kw, sh, sw, dh, dw, hp, wp):  # pragma: no cover - numba
+    """dy: (N, F, OH, OW), w2: (F, C*kh*kw) -> dxp: (N, C, Hp, Wp); per sample one GEMM
+    (CK, F) @ (F, P) into a column buffer, then col2im."""
+    n_n, f_n, oh_n, ow_n = dy.shape
+    ck = w2.shape[1]
+    dy2 = dy.reshape(n_n, f_n, oh_n * ow_n)  # (N, F, P)
+    w2t = w2.T  # (CK, F), Fortran-ordered view: BLAS reads it transposed, no copy
+    dxp = np.zeros((n_n, c_n, hp, wp), dtype=dy.dtype)
+    for n in prange(n_n):
+        dcols = np.empty((ck, oh_n * ow_n), dtype=dy.dtype)
+        np.dot(w2t, dy2[n], dcols)
+        _col2im1(dcols, dxp[n], kh, kw, sh, sw, dh, dw, oh_n, ow_n)
     return dxp
+
+
+# Weight-gradient partial sums: a fixed number of sample chunks (not one per thread), so the
+# summation order and the result do not depend on the thread count.
+_DW_CHUNKS = 8
+
+
+@njit(parallel=True, cache=True)
+def _gemm_dw(dy, cols, n_chunks):  # pragma: no cover - numba
+    """dy: (N, F, OH, OW), cols: (N, CK, P) -> dw: (F, CK) = sum_n dy[n] @ cols[n].T."""
+    n_n, f_n = dy.shape[0], dy.shape[1]
+    ck, p = cols.shape[1], cols.shape[2]
+    dy2 = dy.reshape(n_n, f_n, p)  # (N, F, P)
+    k = min(n_chunks, n_n)
+    part = np.zeros((k, f_n, ck), dtype=dy.dtype)
+    for t in prange(k):
+        for n in range(t * n_n // k, (t + 1) * n_n // k):
+            part[t] += np.dot(dy2[n], cols[n].T)  # (F, P) @ (P, CK)
+    gw = part[0].copy()
+    for t in range(1, k):
+        gw += part[t]
+    return gw
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
@@ -244,6 +298,107 @@ def _direct_dw(xp, dy, kh, kw, sh, sw, dh, dw, zero):  # pragma: no cover - numb
     return gw
 
 
+@njit(cache=True)
+def _to_wide(dy, wp):  # pragma: no cover - numba
+    """dy: (N, F, OH, OW) -> g: (N, F, L), L = (OH-1)*Wp + OW, on the padded-width grid
+    q = oh*Wp + ow; the Wp - OW columns past OW of each row are zero."""
+    n_n, f_n, oh_n, ow_n = dy.shape
+    g = np.zeros((n_n, f_n, (oh_n - 1) * wp + ow_n), dtype=dy.dtype)
+    for n in range(n_n):
+        for f in range(f_n):
+            for oh in range(oh_n):
+                dst = g[n, f, oh * wp :]
+                src = dy[n, f, oh]
+                for ow in range(ow_n):
+                    dst[ow] = src[ow]
+    return g
+
+
+@njit(parallel=True, cache=True, fastmath=_FM)
+def _direct1_fwd(xp, w, dh, dw, oh_n, ow_n):  # pragma: no cover - numba
+    """Stride 1: xp: (N, C, Hp, Wp), w: (F, C, kh, kw) -> y: (N, F, OH, OW), no bias.
+
+    Computed on the flat padded-width grid q = oh*Wp + ow (columns past OW are junk, dropped
+    at the end), so each tap is one contiguous AXPY of (OH-1)*Wp + OW values: long, vectorised
+    runs instead of one short run per output row.
+    """
+    n_n, c_n, hp, wp = xp.shape
+    f_n, _, kh, kw = w.shape
+    ln = (oh_n - 1) * wp + ow_n
+    xf = xp.reshape(n_n, c_n, hp * wp)  # (N, C, Hp*Wp)
+    y = np.empty((n_n, f_n, oh_n, ow_n), dtype=xp.dtype)
+    for n in prange(n_n):
+        acc = np.empty(ln, dtype=xp.dtype)
+        for f in range(f_n):
+            acc[:] = 0
+            for c in range(c_n):
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[f, c, i, j]
+                        src = xf[n, c, i * dh * wp + j * dw :]  # a slice: no index wraparound
+                        for q in range(ln):
+                            acc[q] += wv * src[q]
+            for oh in range(oh_n):
+                row = acc[oh * wp :]
+                dst = y[n, f, oh]
+                for ow in range(ow_n):
+                    dst[ow] = row[ow]
+    return y
+
+
+@njit(parallel=True, cache=True, fastmath=_FM)
+def _direct1_dx(dy, w, dh, dw, hp, wp):  # pragma: no cover - numba
+    """Stride 1: dy: (N, F, OH, OW), w: (F, C, kh, kw) -> dxp: (N, C, Hp, Wp), on the same
+    padded-width grid as `_direct1_fwd` (dy's junk columns are zero, so they add nothing)."""
+    n_n, f_n, oh_n, ow_n = dy.shape
+    c_n, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    ln = (oh_n - 1) * wp + ow_n
+    dxp = np.zeros((n_n, c_n, hp * wp), dtype=dy.dtype)  # (N, C, Hp*Wp)
+    for n in prange(n_n):
+        g = np.zeros(ln, dtype=dy.dtype)
+        for f in range(f_n):
+            for oh in range(oh_n):
+                dst = g[oh * wp :]
+                src = dy[n, f, oh]
+                for ow in range(ow_n):
+                    dst[ow] = src[ow]
+            for c in range(c_n):
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[f, c, i, j]
+                        out = dxp[n, c, i * dh * wp + j * dw :]
+                        for q in range(ln):
+                            out[q] += wv * g[q]
+    return dxp.reshape(n_n, c_n, hp, wp)
+
+
+@njit(parallel=True, cache=True, fastmath=_FM)
+def _direct1_dw(xp, dy, kh, kw, dh, dw, zero):  # pragma: no cover - numba
+    """Stride 1: xp: (N, C, Hp, Wp), dy: (N, F, OH, OW) -> dw: (F, C, kh, kw); one long dot
+    product per sample and weight on the padded-width grid; parallel over weights (the sum
+    order does not depend on the thread count)."""
+    n_n, c_n, hp, wp = xp.shape
+    f_n = dy.shape[1]
+    g = _to_wide(dy, wp)  # (N, F, L)
+    ln = g.shape[2]
+    xf = xp.reshape(n_n, c_n, hp * wp)  # (N, C, Hp*Wp)
+    gw = np.empty((f_n, c_n, kh, kw), dtype=dy.dtype)
+    for t in prange(f_n * c_n * kh * kw):
+        j = t % kw
+        i = (t // kw) % kh
+        c = (t // (kw * kh)) % c_n
+        f = t // (kw * kh * c_n)
+        off = i * dh * wp + j * dw
+        acc = zero
+        for n in range(n_n):
+            src = xf[n, c, off:]
+            gg = g[n, f]
+            for q in range(ln):
+                acc += gg[q] * src[q]
+        gw[f, c, i, j] = acc
+    return gw
+
+
 # --------------------------------------------------------------------------------------------
 # strategy-dispatching cores (no bias); output sizes passed explicitly so deconv can reuse them
 # --------------------------------------------------------------------------------------------
@@ -257,14 +412,13 @@ def _use_direct(taps: int) -> bool:
 def _core_fwd(
     xp: Array, w: Array, s: Pair, d: Pair, oh: int, ow: int
 ) -> tuple[Array, Array | None]:
-    """xp: (N, C, Hp, Wp), w: (F, C, kh, kw) -> (y: (N, F, OH, OW), cols: (CK, N, P) or None)."""
-    n = xp.shape[0]
+    """xp: (N, C, Hp, Wp), w: (F, C, kh, kw) -> (y: (N, F, OH, OW), cols: (N, CK, P) or None)."""
     f, c, kh, kw = w.shape
     if _use_direct(w.size):
+        if s == (1, 1):
+            return _direct1_fwd(xp, w, d[0], d[1], oh, ow), None
         return _direct_fwd(xp, w, s[0], s[1], d[0], d[1], oh, ow), None
-    cols = _im2col(xp, kh, kw, s[0], s[1], d[0], d[1], oh, ow)  # (CK, N, P)
-    y = w.reshape(f, c * kh * kw) @ cols.reshape(c * kh * kw, n * oh * ow)  # (F, N*P)
-    y = np.ascontiguousarray(y.reshape(f, n, oh, ow).transpose(1, 0, 2, 3))  # (N, F, OH, OW)
+    y, cols = _gemm_fwd(xp, w.reshape(f, c * kh * kw), kh, kw, *s, *d, oh, ow)  # cols (N, CK, P)
     return y, cols
 
 
@@ -273,27 +427,27 @@ def _core_dx(dy: Array, w: Array, s: Pair, d: Pair, hp: int, wp: int) -> Array:
     n, f, oh, ow = dy.shape
     _, c, kh, kw = w.shape
     if _use_direct(w.size):
+        if s == (1, 1):
+            return _direct1_dx(dy, w, d[0], d[1], hp, wp)
         return _direct_dx(dy, w, s[0], s[1], d[0], d[1], hp, wp)
-    w2t = w.reshape(f, c * kh * kw).T  # (CK, F)
-    dyt = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(f, n * oh * ow)  # (F, N*P)
-    dcols = (w2t @ dyt).reshape(c * kh * kw, n, oh * ow)  # (CK, N, P)
-    return _col2im(dcols, c, kh, kw, s[0], s[1], d[0], d[1], oh, ow, hp, wp)
+    return _gemm_dx(dy, w.reshape(f, c * kh * kw), c, kh, kw, *s, *d, hp, wp)
 
 
 def _core_dw(
     xp: Array | None, dy: Array, cols: Array | None, kshape: Shape, s: Pair, d: Pair
 ) -> Array:
-    """xp: (N, C, Hp, Wp) or cols: (C*kh*kw, N, OH*OW), dy: (N, F, OH, OW) -> dw: (F, C, kh, kw)."""
+    """xp: (N, C, Hp, Wp) or cols: (N, C*kh*kw, OH*OW), dy: (N, F, OH, OW) -> dw: (F, C, kh, kw)."""
     n, f, oh, ow = dy.shape
     kh, kw = kshape
-    c = xp.shape[1] if cols is None else cols.shape[0] // (kh * kw)
+    c = xp.shape[1] if cols is None else cols.shape[1] // (kh * kw)
     if cols is None and _use_direct(f * c * kh * kw):
         zero = xp.dtype.type(0)
+        if s == (1, 1):
+            return _direct1_dw(xp, dy, kh, kw, d[0], d[1], zero)
         return _direct_dw(xp, dy, kh, kw, s[0], s[1], d[0], d[1], zero)
     if cols is None:
-        cols = _im2col(xp, kh, kw, s[0], s[1], d[0], d[1], oh, ow)  # (CK, N, P)
-    dyt = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(f, n * oh * ow)  # (F, N*P)
-    gw = dyt @ cols.reshape(c * kh * kw, n * oh * ow).T  # (F, N*P) @ (N*P, CK) -> (F, CK)
+        cols = _gemm_cols(xp, c * kh * kw, kh, kw, *s, *d, oh, ow)  # (N, CK, P)
+    gw = _gemm_dw(dy, cols, _DW_CHUNKS)  # (F, CK)
     return gw.reshape(f, c, kh, kw)
 
 
