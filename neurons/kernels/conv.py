@@ -177,6 +177,33 @@ def _gemm_fwd(xp, w2, kh, kw, sh, sw, dh, dw, oh_n, ow_n):  # pragma: no cover -
 
 
 @njit(parallel=True, cache=True)
+def _gemm_act_fwd(xp, w2, b, relu, kh, kw, sh, sw, dh, dw, oh_n, ow_n):  # pragma: no cover
+    """`_gemm_fwd` with the bias and (relu=True) ReLU applied to each sample's GEMM output
+    while it is in cache. b: (F,). ReLU is z if z > 0 else z * 0 (NaN stays NaN)."""
+    n_n = xp.shape[0]
+    f_n, ck = w2.shape
+    p = oh_n * ow_n
+    zero = xp.dtype.type(0)
+    cols = np.empty((n_n, ck, p), dtype=xp.dtype)
+    y = np.empty((n_n, f_n, p), dtype=xp.dtype)
+    for n in prange(n_n):
+        _im2col1(xp[n], cols[n], kh, kw, sh, sw, dh, dw, oh_n, ow_n)
+        yn = y[n]
+        np.dot(w2, cols[n], yn)
+        for f in range(f_n):
+            row = yn[f]
+            bf = b[f]
+            if relu:
+                for q in range(p):
+                    v = row[q] + bf
+                    row[q] = v if v > zero else v * zero
+            else:
+                for q in range(p):
+                    row[q] += bf
+    return y.reshape(n_n, f_n, oh_n, ow_n), cols
+
+
+@njit(parallel=True, cache=True)
 def _gemm_cols(xp, ck, kh, kw, sh, sw, dh, dw, oh_n, ow_n):  # pragma: no cover - numba
     """xp: (N, C, Hp, Wp) -> cols: (N, C*kh*kw, OH*OW) (im2col alone, for a weight gradient)."""
     n_n = xp.shape[0]
@@ -399,6 +426,60 @@ def _direct1_dw(xp, dy, kh, kw, dh, dw, zero):  # pragma: no cover - numba
     return gw
 
 
+@njit(cache=True)
+def _pad1(x, xp, ph, pw):  # pragma: no cover - numba
+    """One sample: x: (C, H, W) -> xp: (C, H + 2ph, W + 2pw) in place (border zeroed)."""
+    xp[:] = 0
+    h, w = x.shape[1], x.shape[2]
+    for c in range(x.shape[0]):
+        for r in range(h):
+            dst = xp[c, ph + r, pw:]
+            src = x[c, r]
+            for q in range(w):
+                dst[q] = src[q]
+
+
+@njit(parallel=True, cache=True, fastmath=_FM)
+def _fused1_fwd(x, w, b, ph, pw, dh, dw, oh_n, ow_n, relu):  # pragma: no cover - numba
+    """Stride 1, one pass per sample: zero padding, the taps of `_direct1_fwd`, bias and
+    (relu=True) ReLU. x: (N, C, H, W), w: (F, C, kh, kw), b: (F,) -> y: (N, F, OH, OW) and
+    the padded input xp: (N, C, Hp, Wp) (the weight gradient reads it).
+
+    ReLU is z if z > 0 else z * 0 (NaN stays NaN, like `activations.relu_forward`).
+    """
+    n_n, c_n, h, wd = x.shape
+    f_n, _, kh, kw = w.shape
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    ln = (oh_n - 1) * wp + ow_n
+    zero = x.dtype.type(0)
+    y = np.empty((n_n, f_n, oh_n, ow_n), dtype=x.dtype)
+    xp = np.empty((n_n, c_n, hp, wp), dtype=x.dtype)  # kept for the backward pass
+    for n in prange(n_n):
+        _pad1(x[n], xp[n], ph, pw)
+        xf = xp[n].reshape(c_n, hp * wp)  # (C, Hp*Wp)
+        acc = np.empty(ln, dtype=x.dtype)
+        for f in range(f_n):
+            acc[:] = b[f]
+            for c in range(c_n):
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[f, c, i, j]
+                        src = xf[c, i * dh * wp + j * dw :]
+                        for q in range(ln):
+                            acc[q] += wv * src[q]
+            for oh in range(oh_n):
+                row = acc[oh * wp :]
+                dst = y[n, f, oh]
+                if relu:  # two loops, not a test per value: each one vectorises
+                    for ow in range(ow_n):
+                        v = row[ow]
+                        dst[ow] = v if v > zero else v * zero
+                else:
+                    for ow in range(ow_n):
+                        dst[ow] = row[ow]
+    return y, xp
+
+
 # --------------------------------------------------------------------------------------------
 # strategy-dispatching cores (no bias); output sizes passed explicitly so deconv can reuse them
 # --------------------------------------------------------------------------------------------
@@ -503,6 +584,72 @@ def conv2d_backward(dy: Array, cache: Cache) -> tuple[Array, Array, Array | None
     dw = _core_dw(xp, dy, cols, w.shape[2:], s, d)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
+
+
+class FusedCache:
+    """What `conv2d_act_backward` needs: conv2d_backward's cache, the activated output y and
+    whether the activation is a ReLU (its mask is y > 0)."""
+
+    __slots__ = ("conv", "y", "relu")
+
+    def __init__(self, conv: Cache, y: Array, relu: bool) -> None:
+        self.conv, self.y, self.relu = conv, y, relu
+
+
+def fusable(w: Array, stride: int | Pair, activation: str) -> bool:
+    """Whether `conv2d_act_forward` takes this conv: a ReLU or linear activation, and either
+    the im2col path or the direct path at stride 1."""
+    return activation in ("relu", "linear") and (
+        not _use_direct(w.size) or _pair(stride) == (1, 1)
+    )
+
+
+def conv2d_act_forward(
+    x: Array,
+    w: Array,
+    b: Array | None,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    activation: str,
+) -> tuple[Array, FusedCache]:
+    """act(conv2d(x, w, b)) with the bias and activation applied inside the conv kernel, for
+    `fusable` convs (activation relu or linear).
+
+    x: (N, C, H, W), w: (F, C, kh, kw), b: (F,) or None -> y: (N, F, OH, OW); the same values
+    as conv2d_forward followed by the activation, without the pre-activation array, the mask
+    and the separate bias pass (the backward pass reads the mask off y > 0).
+    """
+    _check_inputs(x, w, b, 1, "conv2d")
+    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    if not fusable(w, s, activation):
+        raise ValueError(f"conv2d_act_forward: not fusable: w{w.shape}, stride {s}, {activation}")
+    oh, ow = conv2d_output_shape(x.shape[2:], w.shape[2:], s, p, d)
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    bias = np.zeros(w.shape[0], dtype=x.dtype) if b is None else np.ascontiguousarray(b)
+    relu = activation == "relu"
+    if _use_direct(w.size):
+        y, xp = _fused1_fwd(x, w, bias, p[0], p[1], d[0], d[1], oh, ow, relu)
+        cols = None
+    else:
+        f, c, kh, kw = w.shape
+        xp = _pad(x, p[0], p[1])  # (N, C, H + 2ph, W + 2pw)
+        w2 = w.reshape(f, c * kh * kw)
+        y, cols = _gemm_act_fwd(xp, w2, bias, relu, kh, kw, *s, *d, oh, ow)  # cols (N, CK, P)
+    has_bias = b is not None
+    inner = (xp if cols is None else None, xp.shape, cols, w, has_bias, x.shape, y.shape, s, p, d)
+    return y, FusedCache(inner, y, relu)
+
+
+def conv2d_act_backward(dy: Array, cache: FusedCache) -> tuple[Array, Array, Array | None]:
+    """dy: (N, F, OH, OW) (the gradient of the activated output) -> dx, dw, db (or None).
+
+    The ReLU mask (y > 0), then conv2d_backward's kernels (a fused direct backward measured
+    slower than these vectorised passes).
+    """
+    dy = dy.reshape(cache.y.shape)  # a flat dy back to 4-D
+    dz = dy * (cache.y > 0) if cache.relu else dy
+    return conv2d_backward(dz, cache.conv)
 
 
 def deconv2d_forward(
