@@ -61,8 +61,7 @@ def set_threads(threads: int | None) -> dict[str, int | str]:
     Returns what is in force and the rule that chose it (recorded in summary.json).
     """
     import numba
-    import scipy.linalg.cython_blas  # noqa: F401  (load scipy's OpenBLAS so it is limited too)
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_info
 
     from neurons.numba_cache import install_compile_lock
 
@@ -76,9 +75,18 @@ def set_threads(threads: int | None) -> dict[str, int | str]:
         rule = f"all {threads} cores"
     n = min(threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
-    threadpool_limits(limits=1, user_api="blas")
+    hold_blas()
     blas = [i.get("num_threads", 0) for i in threadpool_info() if i.get("user_api") == "blas"]
     return {"numba": numba.get_num_threads(), "blas": max(blas) if blas else 0, "rule": rule}
+
+
+def hold_blas() -> None:
+    """Hold every BLAS (numpy's and scipy's OpenBLAS) at one thread, as `set_threads` does:
+    for entry points that run the kernels without `configure` (a loaded model's predictions)."""
+    import scipy.linalg.cython_blas  # noqa: F401  (load scipy's OpenBLAS so it is limited too)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def configure(threads: int | None) -> dict[str, int | str]:
