@@ -54,8 +54,10 @@ def set_threads(threads: int | None) -> dict[str, int | str]:
     """Set numba's thread count (None = the job default, else all cores); BLAS runs on one.
 
     One thread pool owns the cores: numba's. BLAS (numpy's and scipy's OpenBLAS, the latter
-    called by numba's `np.dot`) is held at one thread, and the kernels that need parallel GEMMs
-    split them into single-threaded BLAS calls inside numba's parallel loops. An idle OpenBLAS
+    called by numba's `np.dot`) is held at one thread; the conv kernels split their GEMMs into
+    single-threaded BLAS calls (one per sample) inside numba's parallel loops. A dense layer is
+    one single-threaded BLAS call: split in two row blocks at batch 64 its products took 1.5x
+    the CPU time of one call, which leaves at most ~1.3x to gain on two threads. An idle OpenBLAS
     pool spin-waits next to numba's threads unless OPENBLAS_THREAD_TIMEOUT was set before numpy
     loaded it, so letting BLAS run threaded made speed depend on the import order (issue 15).
     Returns what is in force and the rule that chose it (recorded in summary.json).

@@ -1,7 +1,7 @@
 """Dense (fully connected) kernels: y = x @ w + b on batched 2-D arrays.
 
-BLAS does the work (large products split over numba's threads by `neurons.kernels.gemm`).
-Not a layer: no parameters are owned, caches are returned.
+BLAS does the work (numpy matmul); there is nothing for numba to add here. Not a layer: no
+parameters are owned, caches are returned.
 """
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from neurons.kernels import Array, Cache
-from neurons.kernels.gemm import matmul, matmul_tn
 
 
 def dense_forward(x: Array, w: Array, b: Array | None) -> tuple[Array, Cache]:
     """x: (N, D_in), w: (D_in, D_out), b: (D_out,) or None -> y: (N, D_out)."""
-    y = matmul(x, w)
+    y = x @ w
     if b is not None:
         y += b
     return y, (x, w, b is not None)
@@ -23,7 +22,7 @@ def dense_forward(x: Array, w: Array, b: Array | None) -> tuple[Array, Cache]:
 def dense_backward(dy: Array, cache: Cache) -> tuple[Array, Array, Array | None]:
     """Gradients in the order of dense_forward's inputs: (dx, dw, db)."""
     x, w, has_bias = cache
-    return matmul(dy, w.T), matmul_tn(x, dy), (dy.sum(axis=0) if has_bias else None)
+    return dy @ w.T, x.T @ dy, (dy.sum(axis=0) if has_bias else None)
 
 
 def tan_dense_forward(x: Array, w: Array) -> tuple[Array, Cache]:
