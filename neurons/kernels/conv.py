@@ -599,9 +599,7 @@ class FusedCache:
 def fusable(w: Array, stride: int | Pair, activation: str) -> bool:
     """Whether `conv2d_act_forward` takes this conv: a ReLU or linear activation, and either
     the im2col path or the direct path at stride 1."""
-    return activation in ("relu", "linear") and (
-        not _use_direct(w.size) or _pair(stride) == (1, 1)
-    )
+    return activation in ("relu", "linear") and (not _use_direct(w.size) or _pair(stride) == (1, 1))
 
 
 def conv2d_act_forward(
