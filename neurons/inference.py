@@ -21,6 +21,7 @@ from neurons import record as rec
 from neurons import tensorfile
 from neurons.graph import Network
 from neurons.layers import BuildError
+from neurons.runtime import hold_blas
 
 FORMAT = "neurons-model"
 FORMAT_VERSION = 1
@@ -225,6 +226,7 @@ class Predictor:
         self.config = config
         self._preprocessing = preprocessing
         self._dataset: Any = dataset  # the run's Dataset, loaded on first need
+        hold_blas()  # the kernels expect BLAS at one thread (neurons.runtime.set_threads)
 
     # -- facts
     @property

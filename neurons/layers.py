@@ -271,6 +271,25 @@ class Conv2d(Affine):
             self.params["b"] = np.zeros(self.filters, dtype)
         return (self.filters, oh, ow)
 
+    _fuse = True  # relu/linear convs: bias and activation inside the conv kernel (not Deconv2d)
+
+    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
+        w = self.params["w"]
+        if self._fuse and ctx.capture is None and convk.fusable(w, self.stride, self.activation):
+            x = x.reshape(x.shape[0], *self.in_shape)  # (N, C, H, W)
+            b, s, p, d = self.params.get("b"), self.stride, self.padding, self.dilation
+            return convk.conv2d_act_forward(x, w, b, s, p, d, self.activation)
+        return super().forward(x, ctx)
+
+    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
+        if isinstance(cache, convk.FusedCache):
+            dx, dw, db = convk.conv2d_act_backward(dy, cache)
+            self._acc("w", dw, gscale)
+            if db is not None:
+                self._acc("b", db, gscale)
+            return dx
+        return super().backward(dy, cache, gscale)
+
     def _lin_forward(self, x: Array) -> tuple[Array, Cache]:
         x = x.reshape(x.shape[0], *self.in_shape)  # a flat skip/loop input back to (N, C, H, W)
         return convk.conv2d_forward(
@@ -295,6 +314,7 @@ class Deconv2d(Conv2d):
 
     kind = "deconv"
     _backward_kernel = staticmethod(convk.deconv2d_backward)
+    _fuse = False
 
     def __init__(
         self, *args: Any, output_padding: int | tuple[int, int] = 0, **kwargs: Any

@@ -51,12 +51,19 @@ def set_job_default(threads: int | None, rule: str | None = None) -> None:
 
 
 def set_threads(threads: int | None) -> dict[str, int | str]:
-    """Set numba's and BLAS's thread counts (None = the job default, else all cores).
+    """Set numba's thread count (None = the job default, else all cores); BLAS runs on one.
 
+    One thread pool owns the cores: numba's. BLAS (numpy's and scipy's OpenBLAS, the latter
+    called by numba's `np.dot`) is held at one thread; the conv kernels split their GEMMs into
+    single-threaded BLAS calls (one per sample) inside numba's parallel loops. A dense layer is
+    one single-threaded BLAS call: split in two row blocks at batch 64 its products took 1.5x
+    the CPU time of one call, which leaves at most ~1.3x to gain on two threads. An idle OpenBLAS
+    pool spin-waits next to numba's threads unless OPENBLAS_THREAD_TIMEOUT was set before numpy
+    loaded it, so letting BLAS run threaded made speed depend on the import order (issue 15).
     Returns what is in force and the rule that chose it (recorded in summary.json).
     """
     import numba
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_info
 
     from neurons.numba_cache import install_compile_lock
 
@@ -70,9 +77,18 @@ def set_threads(threads: int | None) -> dict[str, int | str]:
         rule = f"all {threads} cores"
     n = min(threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
-    threadpool_limits(limits=n)
+    hold_blas()
     blas = [i.get("num_threads", 0) for i in threadpool_info() if i.get("user_api") == "blas"]
     return {"numba": numba.get_num_threads(), "blas": max(blas) if blas else 0, "rule": rule}
+
+
+def hold_blas() -> None:
+    """Hold every BLAS (numpy's and scipy's OpenBLAS) at one thread, as `set_threads` does:
+    for entry points that run the kernels without `configure` (a loaded model's predictions)."""
+    import scipy.linalg.cython_blas  # noqa: F401  (load scipy's OpenBLAS so it is limited too)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def configure(threads: int | None) -> dict[str, int | str]:
