@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,49 @@ def job_threads(hc: Any) -> tuple[int | None, str | None]:
             return 1, "submitit_local without hydra.launcher.cpus_per_task: 1 thread per job"
         return total, f"all {total} cores of the allocation"
     return None, None
+
+
+# --------------------------------------------------------------------------------- workers
+def _import_engine() -> int:
+    """Run in a joblib worker before its first job: the imports every job needs."""
+    import neurons.run  # noqa: F401  (hydra, numpy, numba and every engine module)
+
+    return os.getpid()
+
+
+def warm_workers(launcher: Any) -> threading.Thread | None:
+    """Start the joblib launcher's worker processes now, in a background thread, so their
+    imports overlap Hydra composing every job's config in the launching process (the sweeper
+    validates the whole batch before the launcher runs). The launcher's own `Parallel` call
+    then reuses the same loky executor (same arguments). None for other launchers."""
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    if os.environ.get("NEURONS_NO_WARM"):  # TEMP A/B
+        return None
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from joblib import Parallel, delayed
+
+    cfg = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items()}
+    cfg.pop("_target_", None)
+    cfg["backend"] = "loky"  # as the launcher does, so that it reuses this executor
+    process_joblib_cfg(cfg)
+    n = int(cfg.get("n_jobs") or -1)
+    n = n if n > 0 else max(1, cores() + 1 + n)
+    if n < 2:
+        return None
+
+    pids: list[int] = []
+
+    def start() -> None:
+        try:
+            pids.extend(Parallel(**cfg)(delayed(_import_engine)() for _ in range(n)))
+        except Exception as e:  # the launcher reports anything real when it runs the jobs
+            log.debug("warming joblib workers failed: %s", e)
+
+    t = threading.Thread(target=start, name="neurons-warm-workers", daemon=True)
+    t.pids = pids  # type: ignore[attr-defined]  (the warmed workers, for tests)
+    t.start()
+    return t
 
 
 # --------------------------------------------------------------------------------- one job
@@ -306,6 +350,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _collected.clear()
         _collected["sweep_dir"] = Path(str(config.hydra.sweep.dir))
+        warm_workers(config.hydra.launcher)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
