@@ -38,7 +38,15 @@ from neurons.layers import (
     Reshape,
 )
 from neurons.objectives import OBJECTIVES, make_objective
-from neurons.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from neurons.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    HParamError,
+    Optimizer,
+    Schedule,
+    optimizer_class,
+    schedule_class,
+)
 from neurons.train import EarlyStopping, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -63,15 +71,6 @@ LAYERS: dict[str, type] = {
     "normconv": NormConv2d,
     "feedback": Feedback,
 }
-_AFFINE_KEYS = ("activation", "activation_param", "init", "init_args")
-OPTIMIZER_KEYS = {
-    "sgd": ("lr", "weight_decay"),
-    "sgdm": ("lr", "momentum", "dampening", "nesterov", "weight_decay"),
-    "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
-    "adamw": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
-    "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
-}
-ARCH_KEYS = ("layers", "skips", "loops", "output")
 
 
 # ----------------------------------------------------------------------------- resolvers
@@ -127,27 +126,7 @@ def _choice(path: str, value: Any, allowed: tuple[str, ...] | list[str]) -> str:
 
 def validate(cfg: DictConfig) -> None:
     """Check value ranges that types cannot express; raise ConfigError naming the key."""
-    o = cfg.optimizer
-    name = _choice("optimizer.name", o.name, tuple(OPTIMIZERS))
-    _num("optimizer.lr", o.lr, lo=0.0, lo_open=True)
-    _num("optimizer.weight_decay", o.weight_decay, lo=0.0)
-    if name in ("sgdm", "rmsprop"):
-        _num("optimizer.momentum", o.momentum, lo=0.0)
-    if name == "sgdm" and not 0 <= _num("optimizer.dampening", o.dampening, lo=0.0) <= 1:
-        raise ConfigError(f"optimizer.dampening: expected a number in [0, 1], found {o.dampening}")
-    if name == "rmsprop" and not 0 <= _num("optimizer.alpha", o.alpha, lo=0.0) < 1:
-        raise ConfigError(f"optimizer.alpha: expected a number in [0, 1), found {o.alpha}")
-    if name == "sgdm" and o.nesterov and (o.momentum <= 0 or o.dampening != 0):
-        raise ConfigError(
-            "optimizer.nesterov: needs optimizer.momentum > 0 and optimizer.dampening = 0, "
-            f"found momentum={o.momentum}, dampening={o.dampening}"
-        )
-    if name in ("adam", "adamw"):
-        b = list(o.betas)
-        if len(b) != 2 or not all(isinstance(v, int | float) and 0 <= v < 1 for v in b):
-            raise ConfigError(f"optimizer.betas: expected two numbers in [0, 1), found {b}")
-    if name in ("adam", "adamw", "rmsprop"):
-        _num("optimizer.eps", o.eps, lo=0.0, lo_open=True)
+    check_optimizer(cfg.optimizer)
     _choice("objective.name", cfg.objective.name, ("auto", *OBJECTIVES))
     t = cfg.train
     _int("train.epochs", t.epochs, 1)
@@ -171,25 +150,7 @@ def validate(cfg: DictConfig) -> None:
         ("val_loss", "val_acc", "train_loss", "train_acc"),
     )
     _choice("train.early_stopping.mode", es.mode, ("auto", "min", "max"))
-    sch = t.schedule
-    _choice("train.schedule.name", sch.name, SCHEDULES)
-    _int("train.schedule.warmup_epochs", sch.warmup_epochs, 0)
-    if sch.warmup_epochs >= t.epochs:
-        raise ConfigError(
-            f"train.schedule.warmup_epochs: expected fewer than train.epochs={t.epochs}, "
-            f"found {sch.warmup_epochs}"
-        )
-    if sch.name == "step":
-        _int("train.schedule.step_size", sch.step_size, 1)
-    if sch.name in ("step", "exponential"):
-        _num("train.schedule.gamma", sch.gamma, lo=0.0, lo_open=True)
-    if sch.name == "cosine":
-        _num("train.schedule.min_lr", sch.min_lr, lo=0.0)
-    if sch.warmup_epochs > 0:
-        key = "train.schedule.warmup_start_factor"
-        f = _num(key, sch.warmup_start_factor, lo=0.0, lo_open=True)
-        if f > 1:
-            raise ConfigError(f"{key}: expected a number in (0, 1], found {f}")
+    build_schedule(t, float(cfg.optimizer.lr))
     _int("seed", cfg.seed, 0)
     if not isinstance(cfg.arch, DictConfig | dict):
         raise ConfigError(f"arch: expected a mapping (an arch/ config), found {cfg.arch!r}")
@@ -200,6 +161,24 @@ def _plain(node: Any) -> Any:
     if isinstance(node, DictConfig | ListConfig):
         return OmegaConf.to_container(node, resolve=True)
     return node
+
+
+def layer_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The config keys of a layer class: its `__init__`'s named parameters, followed through
+    `**kwargs` into each parent's `__init__` (a subclass lists only what it adds)."""
+    out: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        forwards = False
+        for name, p in list(inspect.signature(klass.__init__).parameters.items())[1:]:
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                forwards = True
+            elif p.kind is not inspect.Parameter.VAR_POSITIONAL:
+                out.setdefault(name, p)
+        if not forwards:
+            break
+    return out
 
 
 def build_layer(spec: Any, path: str) -> Layer | Feedback:
@@ -218,20 +197,13 @@ def build_layer(spec: Any, path: str) -> Layer | Feedback:
             raise BuildError(f"{path}.layers: a feedback block needs a non-empty list of layers")
         body = [build_layer(s, f"{path}.layers[{q}]") for q, s in enumerate(inner)]
         spec["layers"] = body
-    sig = inspect.signature(cls.__init__)
-    allowed = [k for k in sig.parameters if k not in ("self", "kw")]
-    if "kw" in sig.parameters:
-        allowed += [k for k in _AFFINE_KEYS if k not in allowed]
-    unknown = sorted(set(spec) - set(allowed))
+    params = layer_parameters(cls)
+    unknown = sorted(set(spec) - set(params))
     if unknown:
         raise BuildError(
-            f"{path}: unknown key(s) {unknown} for kind {kind}; allowed: {', '.join(allowed)}"
+            f"{path}: unknown key(s) {unknown} for kind {kind}; allowed: {', '.join(params)}"
         )
-    required = [
-        k
-        for k, p in sig.parameters.items()
-        if k not in ("self", "kw") and p.default is inspect.Parameter.empty
-    ]
+    required = [k for k, p in params.items() if p.default is inspect.Parameter.empty]
     missing = [k for k in required if spec.get(k) is None]
     if missing:
         raise BuildError(f"{path}: kind {kind} needs {', '.join(missing)}")
@@ -384,35 +356,47 @@ def resolve_objective(name: str, task: str) -> str:
     return name
 
 
-def build_optimizer(ocfg: Any, params: dict[str, np.ndarray]) -> Any:
+def _hparam_error(path: str, e: HParamError) -> ConfigError:
+    return ConfigError(f"{path}.{e.key}: expected {e.expected}, found {e.found}")
+
+
+def _optimizer_spec(ocfg: Any) -> tuple[type[Optimizer], dict[str, Any]]:
+    """The optimizer node (`optimizer`) as its class and its hyper-parameters."""
     o = _plain(ocfg)
-    name = o["name"]
-    hp = {k: o[k] for k in OPTIMIZER_KEYS[name]}
-    if "betas" in hp:
-        hp["betas"] = tuple(hp["betas"])
+    if not isinstance(o, dict):
+        raise ConfigError(f"optimizer: expected a mapping (an optimizer/ config), found {o!r}")
+    hp = dict(o)
+    cls = optimizer_class(_choice("optimizer.name", hp.pop("name", None), tuple(OPTIMIZERS)))
+    return cls, hp
+
+
+def check_optimizer(ocfg: Any) -> dict[str, Any]:
+    """The `optimizer` node's hyper-parameters checked by its class's spec (no parameters built)."""
+    cls, hp = _optimizer_spec(ocfg)
     try:
-        return make_optimizer(name, params, **hp)
-    except ValueError as e:
-        raise ConfigError(f"optimizer: {e}") from None
+        return cls.check(hp)
+    except HParamError as e:
+        raise _hparam_error("optimizer", e) from None
 
 
-def build_schedule(tcfg: Any, base_lr: float) -> Any:
+def build_optimizer(ocfg: Any, params: dict[str, np.ndarray]) -> Optimizer:
+    """The optimizer of the `optimizer` node over `params`."""
+    cls, hp = _optimizer_spec(ocfg)
+    try:
+        return cls(params, **hp)
+    except HParamError as e:
+        raise _hparam_error("optimizer", e) from None
+
+
+def build_schedule(tcfg: Any, base_lr: float) -> Schedule:
+    """The schedule of `train.schedule` (only the keys its class declares are passed on)."""
     s = _plain(tcfg.schedule)
-    kw: dict[str, Any] = {
-        "epochs": int(tcfg.epochs),
-        "warmup_epochs": s["warmup_epochs"],
-        "warmup_start_factor": s["warmup_start_factor"],
-    }
-    if s["name"] == "step":
-        kw.update(step_size=s["step_size"], gamma=s["gamma"])
-    elif s["name"] == "exponential":
-        kw.update(gamma=s["gamma"])
-    elif s["name"] == "cosine":
-        kw.update(min_lr=s["min_lr"])
+    cls = schedule_class(_choice("train.schedule.name", s.get("name"), tuple(SCHEDULES)))
+    hp = {k: v for k, v in s.items() if k in cls.hparams}
     try:
-        return make_schedule(s["name"], base_lr, **kw)
-    except ValueError as e:
-        raise ConfigError(f"train.schedule: {e}") from None
+        return cls(base_lr, epochs=int(tcfg.epochs), **hp)
+    except HParamError as e:
+        raise _hparam_error("train.schedule", e) from None
 
 
 def build_train_config(tcfg: Any) -> TrainConfig:

@@ -195,8 +195,7 @@ class _Builder:
             x = self.to_shape(x, layer.in_shape)
             w = self.param(layer, "w")
             tw = self.const(f"{w}.tan", np.tan(layer.params["w"]))
-            c = layer.conv
-            z = self.node("Conv", [x.name, tw], out, "conv", **self._conv_attrs(c))
+            z = self.node("Conv", [x.name, tw], out, "conv", **self._conv_attrs(layer))
             z = self.node("Div", [z.name, self.scalar(float(layer.n_in))], out, "div")
             return self._finish_affine(layer, z)
         if isinstance(layer, Conv2d):

@@ -462,9 +462,11 @@ def _load_run(run: Path, ckpt: Path | None) -> Predictor:
     arrays = read_npz(ckpt)  # before building: a damaged file is named first
     card, dataset = _card_of_run(run, cfg)
     net = card.build(str(run / ".hydra" / "config.yaml"))
-    state = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
+    state = rec.model_state(arrays)
     if not state:
-        raise CheckpointError(f"{ckpt}: holds no model.* arrays (not a neurons checkpoint)")
+        raise CheckpointError(
+            f"{ckpt}: holds no {rec.MODEL_PREFIX}* arrays (not a neurons checkpoint)"
+        )
     apply_state(net, state, ckpt)
     return Predictor(net, card, run, config=cfg, checkpoint=ckpt, dataset=dataset)
 

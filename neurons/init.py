@@ -280,13 +280,19 @@ INITIALIZERS: dict[str, Initializer] = {
 }
 
 
+class UnknownInitializer(ValueError):
+    """`make_initializer` was given a name that is not in INITIALIZERS."""
+
+
 def make_initializer(name: str, **kw: object) -> Initializer:
     """INITIALIZERS[name] with hyper-parameters `kw` bound and checked now.
 
     Returns `init(rng, shape, *, fan_in=None, fan_out=None, dtype=np.float32) -> np.ndarray`.
     """
     if name not in INITIALIZERS:
-        raise ValueError(f"unknown initializer {name!r}; expected one of {sorted(INITIALIZERS)}")
+        raise UnknownInitializer(
+            f"unknown initializer {name!r}; expected one of {sorted(INITIALIZERS)}"
+        )
     fn = INITIALIZERS[name]
     allowed = [k for k in inspect.signature(fn).parameters if k not in ("rng", "shape")]
     unknown = sorted(set(kw) - set(allowed))

@@ -11,11 +11,12 @@ import abc
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from neurons import init as initializers
-from neurons.kernels import Array, Cache, Shape
+from neurons.kernels import Array, Cache, Shape, pair
 from neurons.kernels import conv as convk
 from neurons.kernels import pool as poolk
 from neurons.kernels.activations import ACTIVATION_PARAM, ACTIVATIONS
@@ -47,13 +48,18 @@ class Context:
     capture: dict[int, list[Array]] | None = field(default=None)
 
 
-def _pair(v: int | tuple[int, int] | list[int], what: str) -> tuple[int, int]:
-    if isinstance(v, int | np.integer):
-        return (int(v), int(v))
-    t = tuple(int(i) for i in v)
-    if len(t) != 2:
-        raise BuildError(f"{what}: expected an int or a pair of ints, found {v!r}")
-    return t  # type: ignore[return-value]
+def _checked_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise BuildError(f"activation: expected one of {sorted(ACTIVATIONS)}, found {name!r}")
+    return name
+
+
+def activate(name: str, param: float | None, z: Array) -> tuple[Array, Cache]:
+    """Activation `name` of `z` (with its `activation_param` where it takes one): (a, cache)."""
+    fwd = ACTIVATIONS[name][0]
+    if name in ACTIVATION_PARAM and param is not None:
+        return fwd(z, param)
+    return fwd(z)
 
 
 class Layer(abc.ABC):
@@ -119,11 +125,7 @@ class Affine(Layer):
         init_args: dict | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise BuildError(
-                f"activation: expected one of {sorted(ACTIVATIONS)}, found {activation!r}"
-            )
-        self.activation = activation
+        self.activation = _checked_activation(activation)
         self.activation_param = activation_param
         self.init = init
         self.init_args = dict(init_args or {})
@@ -133,11 +135,7 @@ class Affine(Layer):
         z, c1 = self._lin_forward(x)
         if ctx.capture is not None:
             ctx.capture.setdefault(id(self), []).append(z)
-        fwd, _ = ACTIVATIONS[self.activation]
-        if self.activation in ACTIVATION_PARAM and self.activation_param is not None:
-            a, c2 = fwd(z, self.activation_param)
-        else:
-            a, c2 = fwd(z)
+        a, c2 = activate(self.activation, self.activation_param, z)
         return a, (c1, c2)
 
     def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
@@ -163,12 +161,15 @@ class Affine(Layer):
                     )
         if name == "lsuv":  # orthogonal start; neurons.graph.lsuv_init rescales with data
             name = "orthogonal"
-        fn = initializers.INITIALIZERS.get(name)
-        if fn is None:
-            names = sorted([*initializers.INITIALIZERS, "auto", "lsuv"])
-            raise BuildError(f"{self.path}.init: expected one of {names}, found {self.init!r}")
         try:
-            w = fn(rng, shape, fan_in=fan_in, fan_out=fan_out, dtype=dtype, **kw)
+            w = initializers.make_initializer(name, **kw)(
+                rng, shape, fan_in=fan_in, fan_out=fan_out, dtype=dtype
+            )
+        except initializers.UnknownInitializer:
+            names = sorted([*initializers.INITIALIZERS, "auto", "lsuv"])
+            raise BuildError(
+                f"{self.path}.init: expected one of {names}, found {self.init!r}"
+            ) from None
         except (TypeError, ValueError) as e:
             raise BuildError(f"{self.path}.init_args: {e}") from None
         return np.asarray(w, dtype=dtype)
@@ -182,8 +183,8 @@ class Dense(Affine):
 
     kind = "dense"
 
-    def __init__(self, units: int, bias: bool = True, **kw) -> None:
-        super().__init__(**kw)
+    def __init__(self, units: int, bias: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.units = int(units)
         self.bias = bool(bias)
 
@@ -238,14 +239,14 @@ class Conv2d(Affine):
         padding: int | tuple[int, int] = 0,
         dilation: int | tuple[int, int] = 1,
         bias: bool = True,
-        **kw,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**kw)
+        super().__init__(**kwargs)
         self.filters = int(filters)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = pair(kernel_size, "kernel_size", BuildError)
+        self.stride = pair(stride, "stride", BuildError)
+        self.padding = pair(padding, "padding", BuildError)
+        self.dilation = pair(dilation, "dilation", BuildError)
         self.bias = bool(bias)
 
     def _output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
@@ -296,18 +297,10 @@ class Deconv2d(Conv2d):
     _backward_kernel = staticmethod(convk.deconv2d_backward)
 
     def __init__(
-        self,
-        filters: int,
-        kernel_size: int | tuple[int, int] = 3,
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        output_padding: int | tuple[int, int] = 0,
-        bias: bool = True,
-        **kw,
+        self, *args: Any, output_padding: int | tuple[int, int] = 0, **kwargs: Any
     ) -> None:
-        super().__init__(filters, kernel_size, stride, padding, dilation, bias, **kw)
-        self.output_padding = _pair(output_padding, "output_padding")
+        super().__init__(*args, **kwargs)  # Conv2d's keys
+        self.output_padding = pair(output_padding, "output_padding", BuildError)
 
     def _output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         return convk.deconv2d_output_shape(
@@ -324,7 +317,22 @@ class Deconv2d(Conv2d):
         return convk.deconv2d_forward(x, w, b, s, p, d, op)
 
 
-class NormDense(Affine):
+class _OutputScale:
+    """NormNet's optional output scale, y = layer(x) * scale (a mixin before the layer class)."""
+
+    scale: float | None
+
+    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
+        a, cache = super().forward(x, ctx)  # type: ignore[misc]
+        return (a * a.dtype.type(self.scale), cache) if self.scale is not None else (a, cache)
+
+    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
+        if self.scale is not None:
+            dy = dy * dy.dtype.type(self.scale)
+        return super().backward(dy, cache, gscale)  # type: ignore[misc]
+
+
+class NormDense(_OutputScale, Affine):
     """The `brains` crate's NormNet dense layer: act((x @ tan(W)) / n_in) * scale, no bias.
 
     Weights start N(0, 1); the tan makes large weights' gradients grow, pushing connections
@@ -333,9 +341,9 @@ class NormDense(Affine):
 
     kind = "normdense"
 
-    def __init__(self, units: int, scale: float | None = None, **kw) -> None:
-        kw.setdefault("init", "normal")
-        super().__init__(**kw)
+    def __init__(self, units: int, scale: float | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("init", "normal")
+        super().__init__(**kwargs)
         self.units = int(units)
         self.scale = scale
 
@@ -343,15 +351,6 @@ class NormDense(Affine):
         d_in = math.prod(in_shape)
         self.params["w"] = self._init_weight(rng, (d_in, self.units), d_in, self.units, dtype)
         return (self.units,)
-
-    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        a, cache = super().forward(x, ctx)
-        return (a * a.dtype.type(self.scale), cache) if self.scale is not None else (a, cache)
-
-    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
-        if self.scale is not None:
-            dy = dy * dy.dtype.type(self.scale)
-        return super().backward(dy, cache, gscale)
 
     def _lin_forward(self, x: Array) -> tuple[Array, Cache]:
         shape = x.shape
@@ -368,54 +367,33 @@ class NormDense(Affine):
         return f"normdense({self.units})[{self.activation}]"
 
 
-class NormConv2d(Affine):
-    """NormNet convolution: act(conv(x, tan(W)) / (C_in * kh * kw)) * scale, no bias."""
+class NormConv2d(_OutputScale, Conv2d):
+    """NormNet convolution: act(conv(x, tan(W)) / (C_in * kh * kw)) * scale, no bias.
+
+    Conv2d's geometry keys; weights start N(0, 1) (`init: normal`) unless `init` says otherwise.
+    """
 
     kind = "normconv"
 
     def __init__(
-        self,
-        filters: int,
-        kernel_size: int | tuple[int, int] = 3,
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        scale: float | None = None,
-        **kw,
+        self, *args: Any, scale: float | None = None, bias: bool = False, **kwargs: Any
     ) -> None:
-        kw.setdefault("init", "normal")
-        super().__init__(**kw)
-        self.conv = Conv2d(filters, kernel_size, stride, padding, dilation, bias=False)
-        self.filters = int(filters)
+        if bias:
+            raise BuildError("bias: expected false (a normconv layer has no bias), found true")
+        kwargs.setdefault("init", "normal")
+        super().__init__(*args, bias=False, **kwargs)
         self.scale = scale
 
     def _build(self, in_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> Shape:
-        self.conv.path = self.path
-        out = self.conv.build(in_shape, rng, dtype)
-        c = in_shape[0]
-        kh, kw = self.conv.kernel_size
-        self.n_in = c * kh * kw
-        self.params["w"] = self._init_weight(
-            rng, (self.filters, c, kh, kw), self.n_in, self.filters * kh * kw, dtype
-        )
+        out = super()._build(in_shape, rng, dtype)  # the weight (F, C_in, kh, kw), no bias
+        self.n_in = math.prod(self.params["w"].shape[1:])
         return out
-
-    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        a, cache = super().forward(x, ctx)
-        return (a * a.dtype.type(self.scale), cache) if self.scale is not None else (a, cache)
-
-    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
-        if self.scale is not None:
-            dy = dy * dy.dtype.type(self.scale)
-        return super().backward(dy, cache, gscale)
 
     def _lin_forward(self, x: Array) -> tuple[Array, Cache]:
         x = x.reshape(x.shape[0], *self.in_shape)
         w = self.params["w"]
         tw = np.tan(w)
-        z, c = convk.conv2d_forward(
-            x, tw, None, self.conv.stride, self.conv.padding, self.conv.dilation
-        )
+        z, c = convk.conv2d_forward(x, tw, None, self.stride, self.padding, self.dilation)
         return z / z.dtype.type(self.n_in), (c, tw)
 
     def _lin_backward(self, dz: Array, cache: Cache, gscale: float) -> Array:
@@ -439,18 +417,11 @@ class Activation(Layer):
 
     def __init__(self, activation: str, activation_param: float | None = None) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise BuildError(
-                f"activation: expected one of {sorted(ACTIVATIONS)}, found {activation!r}"
-            )
-        self.activation = activation
+        self.activation = _checked_activation(activation)
         self.activation_param = activation_param
 
     def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        fwd = ACTIVATIONS[self.activation][0]
-        if self.activation in ACTIVATION_PARAM and self.activation_param is not None:
-            return fwd(x, self.activation_param)
-        return fwd(x)
+        return activate(self.activation, self.activation_param, x)
 
     def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
         return ACTIVATIONS[self.activation][1](dy, cache)
@@ -460,12 +431,17 @@ class Activation(Layer):
 
 
 class _Pool(Layer):
+    """Max or average pooling: a subclass names its kernels (`neurons.kernels.pool`)."""
+
+    _forward_kernel: Any
+    _backward_kernel: Any
+
     def __init__(
         self, kernel_size: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None
     ) -> None:
         super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride if stride is not None else kernel_size, "stride")
+        self.kernel_size = pair(kernel_size, "kernel_size", BuildError)
+        self.stride = pair(stride if stride is not None else kernel_size, "stride", BuildError)
 
     def _build(self, in_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> Shape:
         c, h, w = _require_image(self, in_shape)
@@ -477,30 +453,27 @@ class _Pool(Layer):
             )
         return (c, (h - kh) // sh + 1, (w - kw) // sw + 1)
 
+    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
+        x = x.reshape(x.shape[0], *self.in_shape)
+        return self._forward_kernel(x, self.kernel_size, self.stride)
+
+    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
+        return self._backward_kernel(dy, cache)
+
     def describe(self) -> str:
         return f"{self.kind}({self.kernel_size[0]}x{self.kernel_size[1]}, s{self.stride[0]})"
 
 
 class MaxPool2d(_Pool):
     kind = "maxpool"
-
-    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        x = x.reshape(x.shape[0], *self.in_shape)
-        return poolk.maxpool2d_forward(x, self.kernel_size, self.stride)
-
-    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
-        return poolk.maxpool2d_backward(dy, cache)
+    _forward_kernel = staticmethod(poolk.maxpool2d_forward)
+    _backward_kernel = staticmethod(poolk.maxpool2d_backward)
 
 
 class AvgPool2d(_Pool):
     kind = "avgpool"
-
-    def forward(self, x: Array, ctx: Context) -> tuple[Array, Cache]:
-        x = x.reshape(x.shape[0], *self.in_shape)
-        return poolk.avgpool2d_forward(x, self.kernel_size, self.stride)
-
-    def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
-        return poolk.avgpool2d_backward(dy, cache)
+    _forward_kernel = staticmethod(poolk.avgpool2d_forward)
+    _backward_kernel = staticmethod(poolk.avgpool2d_backward)
 
 
 class Reshape(Layer):

@@ -1,19 +1,166 @@
 """Optimizers, learning-rate schedules and gradient clipping with PyTorch's formulas and defaults.
 
-Optimizers update a flat `dict[str, np.ndarray]` of parameters in place; their state is a flat
-dict of arrays (savable with `np.savez`). This module knows nothing about layers or training.
+Each optimizer and schedule is a class carrying `hparams`, the spec of its hyper-parameters
+(default, type, range; checked here and reported by `neurons.config` under the config key), and a
+registry entry. Optimizers update a flat `dict[str, np.ndarray]` of parameters in place; their
+state is a flat dict of arrays (savable with `np.savez`). Nothing here knows layers or training.
 """
 
 from __future__ import annotations
 
 import abc
-import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 Params = dict[str, np.ndarray]
+REQUIRED: Any = object()  # an `HParam` default: the hyper-parameter must be given
+
+
+class HParamError(ValueError):
+    """A bad hyper-parameter: `key`, what is `expected` and what was `found` (for config paths).
+
+    `str()` is the message for a direct call; `neurons.config` reports `<path>.<key>: expected
+    <expected>, found <found>`.
+    """
+
+    def __init__(self, message: str, key: str, expected: str, found: str) -> None:
+        super().__init__(message)
+        self.key, self.expected, self.found = key, expected, found
+
+
+def _is_number(value: object) -> bool:
+    number = isinstance(value, int | float | np.integer | np.floating)
+    return number and not isinstance(value, bool) and math.isfinite(float(value))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite number in [lo, hi] (each end open or closed, None = unbounded)."""
+
+    default: Any = REQUIRED
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def interval(self) -> str:
+        left = "(" if self.lo_open else "["
+        right = ")" if self.hi_open or self.hi is None else "]"
+        lo_s = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi_s = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{left}{lo_s}, {hi_s}{right}"
+
+    def expected(self) -> str:
+        if self.hi is None and self.lo is not None:
+            return f"a number {'>' if self.lo_open else '>='} {float(self.lo)}"
+        return f"a number in {self.interval()}"
+
+    def ok(self, value: object) -> bool:
+        if not _is_number(value):
+            return False
+        v = float(value)  # type: ignore[arg-type]
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def check(self, owner: str, key: str, value: object) -> float:
+        if not self.ok(value):
+            raise HParamError(
+                f"{owner}: hyper-parameter {key!r} must be a finite number in "
+                f"{self.interval()}, got {value!r}",
+                key,
+                self.expected(),
+                repr(value),
+            )
+        return float(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Int:
+    """An integer >= lo."""
+
+    default: Any = REQUIRED
+    lo: int = 0
+
+    def check(self, owner: str, key: str, value: object) -> int:
+        bad = not isinstance(value, int | np.integer) or isinstance(value, bool)
+        if bad or value < self.lo:  # type: ignore[operator]
+            raise HParamError(
+                f"{owner}: {key!r} must be an integer >= {self.lo}, got {value!r}",
+                key,
+                f"an integer >= {self.lo}",
+                repr(value),
+            )
+        return int(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A bool."""
+
+    default: Any = False
+
+    def check(self, owner: str, key: str, value: object) -> bool:
+        if not isinstance(value, bool | np.bool_):
+            raise HParamError(
+                f"{owner}: {key!r} must be a bool, got {value!r}", key, "true or false", repr(value)
+            )
+        return bool(value)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two numbers, each checked by `item` (any 2-sequence: tuple, list, OmegaConf ListConfig)."""
+
+    item: Number
+    names: tuple[str, str]
+    default: Any = REQUIRED
+
+    def check(self, owner: str, key: str, value: object) -> tuple[float, float]:
+        expected = f"two numbers in {self.item.interval()}"
+        if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+            raise HParamError(
+                f"{owner}: hyper-parameter {key!r} must be a pair ({', '.join(self.names)}), "
+                f"got {value!r}",
+                key,
+                expected,
+                repr(value),
+            )
+        try:
+            a = self.item.check(owner, f"{key}[0]", value[0])
+            b = self.item.check(owner, f"{key}[1]", value[1])
+        except HParamError as e:
+            raise HParamError(str(e), key, expected, repr(list(value))) from None
+        return a, b
+
+
+HParam = Number | Int | Flag | Pair
+
+
+def check_hparams(owner: str, spec: Mapping[str, HParam], given: Mapping[str, object]) -> dict:
+    """`given` checked against `spec`: every key known, every required one present, each value in
+    its range; returns all keys (defaults filled in). Raises HParamError naming the key."""
+    unknown = sorted(set(given) - set(spec))
+    if unknown:
+        raise HParamError(
+            f"{owner}: unknown hyper-parameter(s) {unknown}; expected a subset of {list(spec)}",
+            unknown[0],
+            f"one of {owner}'s hyper-parameters ({', '.join(spec)})",
+            f"{unknown[0]}={given[unknown[0]]!r}",
+        )
+    missing = [k for k, s in spec.items() if k not in given and s.default is REQUIRED]
+    if missing:
+        raise HParamError(
+            f"{owner}: hyper-parameter(s) {missing} are required",
+            missing[0],
+            "a value (it has no default)",
+            "nothing",
+        )
+    return {k: s.check(owner, k, given.get(k, s.default)) for k, s in spec.items()}
 
 
 def _check_number(
@@ -27,35 +174,14 @@ def _check_number(
     hi_open: bool = False,
 ) -> float:
     """Return `value` as a float, or raise ValueError naming the hyper-parameter and its range."""
-    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-    if ok:
-        v = float(value)
-        ok = math.isfinite(v)
-        if ok and lo is not None:
-            ok = v > lo if lo_open else v >= lo
-        if ok and hi is not None:
-            ok = v < hi if hi_open else v <= hi
-    if not ok:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open or hi is None else "]"
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        raise ValueError(
-            f"{owner}: hyper-parameter {name!r} must be a finite number in "
-            f"{left}{lo_s}, {hi_s}{right}, got {value!r}"
-        )
-    return v
-
-
-def _check_int(owner: str, name: str, value: object, *, lo: int) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < lo:
-        raise ValueError(f"{owner}: {name!r} must be an integer >= {lo}, got {value!r}")
-    return int(value)
+    return Number(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open).check(owner, name, value)
 
 
 class Optimizer(abc.ABC):
     """Base class: holds `params` (updated in place), `lr`, the global step `t` and buffers.
 
+    A subclass sets `name`, `hparams` (its hyper-parameters' spec: each becomes an attribute of
+    that name) and `buffers`, and implements `_update`; `OPTIMIZERS` maps names to classes.
     `step(grads)` increments `t` once and updates every parameter named in `grads`; parameters
     without a gradient are skipped (like PyTorch's `grad is None`). Unlike PyTorch, bias
     corrections use the global step `t`, not a per-parameter step count (identical unless a
@@ -63,25 +189,36 @@ class Optimizer(abc.ABC):
     """
 
     name = "optimizer"
+    hparams: ClassVar[dict[str, HParam]] = {"lr": Number(lo=0.0, lo_open=True)}
     buffers: tuple[str, ...] = ()  # names of the per-parameter state arrays
 
-    def __init__(self, params: Params, lr: float) -> None:
+    def __init__(self, params: Params, **hparams: object) -> None:
         if not isinstance(params, dict):
             raise TypeError(f"{self.name}: params must be a dict[str, np.ndarray], got {params!r}")
         for key, p in params.items():
             if not isinstance(p, np.ndarray) or not np.issubdtype(p.dtype, np.floating):
                 raise TypeError(f"{self.name}: parameter {key!r} must be a float ndarray")
+        for key, value in self.check(hparams).items():
+            setattr(self, key, value)
         self.params = params
-        self.lr = lr
         self.t = 0
+        self.buffers = self._buffer_names()
         self.state: dict[str, dict[str, np.ndarray]] = {b: {} for b in self.buffers}
+
+    @classmethod
+    def check(cls, hparams: Mapping[str, object]) -> dict[str, Any]:
+        """The hyper-parameters checked (defaults filled in); HParamError naming the key."""
+        return check_hparams(cls.name, cls.hparams, hparams)
+
+    def _buffer_names(self) -> tuple[str, ...]:
+        return type(self).buffers
 
     @property
     def lr(self) -> float:
         return self._lr
 
     @lr.setter
-    def lr(self, value: float) -> None:
+    def lr(self, value: float) -> None:  # a schedule may set 0 (cosine down to min_lr=0)
         self._lr = _check_number(self.name, "lr", value, lo=0.0)
 
     def _buf(self, kind: str, key: str, p: np.ndarray) -> np.ndarray:
@@ -153,10 +290,7 @@ class SGD(Optimizer):
     """Plain SGD: p -= lr * (g + weight_decay * p)."""
 
     name = "sgd"
-
-    def __init__(self, params: Params, lr: float, weight_decay: float = 0.0) -> None:
-        super().__init__(params, lr)
-        self.weight_decay = _check_number(self.name, "weight_decay", weight_decay, lo=0.0)
+    hparams = {**Optimizer.hparams, "weight_decay": Number(0.0, lo=0.0)}
 
     def _update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:
         if self.weight_decay != 0:
@@ -168,29 +302,27 @@ class SGDMomentum(Optimizer):
     """torch.optim.SGD with momentum (buffer starts as the first gradient), optional Nesterov."""
 
     name = "sgdm"
+    hparams = {
+        **Optimizer.hparams,
+        "momentum": Number(0.9, lo=0.0),
+        "dampening": Number(0.0, lo=0.0, hi=1.0),
+        "nesterov": Flag(False),
+        "weight_decay": Number(0.0, lo=0.0),
+    }
     buffers = ("momentum_buffer",)
 
-    def __init__(
-        self,
-        params: Params,
-        lr: float,
-        momentum: float = 0.9,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(params, lr)
-        self.momentum = _check_number(self.name, "momentum", momentum, lo=0.0)
-        self.dampening = _check_number(self.name, "dampening", dampening, lo=0.0, hi=1.0)
-        self.weight_decay = _check_number(self.name, "weight_decay", weight_decay, lo=0.0)
-        if not isinstance(nesterov, bool | np.bool_):
-            raise ValueError(f"{self.name}: 'nesterov' must be a bool, got {nesterov!r}")
-        if nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError(
-                f"{self.name}: 'nesterov' needs momentum > 0 and dampening == 0, "
-                f"got momentum={momentum!r}, dampening={dampening!r}"
+    @classmethod
+    def check(cls, hparams: Mapping[str, object]) -> dict[str, Any]:
+        hp = super().check(hparams)
+        if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
+            found = f"momentum={hp['momentum']!r}, dampening={hp['dampening']!r}"
+            raise HParamError(
+                f"{cls.name}: 'nesterov' needs momentum > 0 and dampening == 0, got {found}",
+                "nesterov",
+                "momentum > 0 and dampening = 0 (nesterov: true)",
+                found,
             )
-        self.nesterov = bool(nesterov)
+        return hp
 
     def _update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:
         if self.weight_decay != 0:
@@ -207,40 +339,21 @@ class SGDMomentum(Optimizer):
         p -= self.lr * g
 
 
-def _check_betas(owner: str, betas: object) -> tuple[float, float]:
-    if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:
-        raise ValueError(
-            f"{owner}: hyper-parameter 'betas' must be a pair (beta1, beta2), got {betas!r}"
-        )
-    b1 = _check_number(owner, "betas[0]", betas[0], lo=0.0, hi=1.0, hi_open=True)
-    b2 = _check_number(owner, "betas[1]", betas[1], lo=0.0, hi=1.0, hi_open=True)
-    return b1, b2  # any 2-sequence (tuple, list, OmegaConf ListConfig)
-
-
 class Adam(Optimizer):
     """torch.optim.Adam (weight_decay is L2 added to the gradient), optional AMSGrad."""
 
     name = "adam"
     decoupled = False
+    hparams = {
+        "lr": Number(1e-3, lo=0.0, lo_open=True),
+        "betas": Pair(Number(lo=0.0, hi=1.0, hi_open=True), ("beta1", "beta2"), (0.9, 0.999)),
+        "eps": Number(1e-8, lo=0.0, lo_open=True),
+        "weight_decay": Number(0.0, lo=0.0),
+        "amsgrad": Flag(False),
+    }
 
-    def __init__(
-        self,
-        params: Params,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-    ) -> None:
-        super().__init__(params, lr)
-        self.betas = _check_betas(self.name, betas)
-        self.eps = _check_number(self.name, "eps", eps, lo=0.0)
-        self.weight_decay = _check_number(self.name, "weight_decay", weight_decay, lo=0.0)
-        if not isinstance(amsgrad, bool | np.bool_):
-            raise ValueError(f"{self.name}: 'amsgrad' must be a bool, got {amsgrad!r}")
-        self.amsgrad = bool(amsgrad)
-        self.buffers = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
-        self.state = {b: {} for b in self.buffers}
+    def _buffer_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
 
     def _update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas
@@ -269,48 +382,28 @@ class AdamW(Adam):
 
     name = "adamw"
     decoupled = True
-
-    def __init__(
-        self,
-        params: Params,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-    ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+    hparams = {**Adam.hparams, "weight_decay": Number(1e-2, lo=0.0)}
 
 
 class RMSprop(Optimizer):
     """torch.optim.RMSprop (eps added after the square root), optional centering and momentum."""
 
     name = "rmsprop"
+    hparams = {
+        "lr": Number(1e-2, lo=0.0, lo_open=True),
+        "alpha": Number(0.99, lo=0.0, hi=1.0, hi_open=True),
+        "eps": Number(1e-8, lo=0.0, lo_open=True),
+        "weight_decay": Number(0.0, lo=0.0),
+        "momentum": Number(0.0, lo=0.0),
+        "centered": Flag(False),
+    }
 
-    def __init__(
-        self,
-        params: Params,
-        lr: float = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        centered: bool = False,
-    ) -> None:
-        super().__init__(params, lr)
-        self.alpha = _check_number(self.name, "alpha", alpha, lo=0.0, hi=1.0)
-        self.eps = _check_number(self.name, "eps", eps, lo=0.0)
-        self.weight_decay = _check_number(self.name, "weight_decay", weight_decay, lo=0.0)
-        self.momentum = _check_number(self.name, "momentum", momentum, lo=0.0)
-        if not isinstance(centered, bool | np.bool_):
-            raise ValueError(f"{self.name}: 'centered' must be a bool, got {centered!r}")
-        self.centered = bool(centered)
-        self.buffers = (
+    def _buffer_names(self) -> tuple[str, ...]:
+        return (
             ("square_avg",)
             + (("momentum_buffer",) if self.momentum > 0 else ())
             + (("grad_avg",) if self.centered else ())
         )
-        self.state = {b: {} for b in self.buffers}
 
     def _update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:
         a = self.alpha
@@ -347,110 +440,139 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 
 def make_optimizer(name: str, params: Params, **hparams: object) -> Optimizer:
     """Build optimizer `name` (a key of OPTIMIZERS) over `params` with keyword hyper-parameters."""
+    return optimizer_class(name)(params, **hparams)
+
+
+def optimizer_class(name: str) -> type[Optimizer]:
+    """OPTIMIZERS[name], or ValueError listing the registered names."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
-    cls = OPTIMIZERS[name]
-    sig = inspect.signature(cls.__init__)
-    allowed = [k for k in sig.parameters if k not in ("self", "params")]
-    unknown = sorted(set(hparams) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"{name}: unknown hyper-parameter(s) {unknown}; expected a subset of {allowed}"
-        )
-    missing = [
-        k
-        for k in allowed
-        if sig.parameters[k].default is inspect.Parameter.empty and k not in hparams
-    ]
-    if missing:
-        raise ValueError(f"{name}: hyper-parameter(s) {missing} are required")
-    return cls(params, **hparams)
+    return OPTIMIZERS[name]
 
 
 # ----------------------------------------------------------------------------------------------
 # learning-rate schedules
 
-SCHEDULES = ("constant", "step", "exponential", "cosine")
 
+class Schedule:
+    """`lr(epoch)` (0-based epoch -> learning rate): a warm-up, then the subclass's `main`.
 
-def make_schedule(
-    name: str,
-    base_lr: float,
-    *,
-    epochs: int,
-    step_size: int | None = None,
-    gamma: float | None = None,
-    min_lr: float = 0.0,
-    warmup_epochs: int = 0,
-    warmup_start_factor: float = 1.0 / 3.0,
-) -> Callable[[int], float]:
-    """Return `lr(epoch)` (0-based epoch -> learning rate), closed forms of torch's schedulers.
-
-    constant: base_lr. step: StepLR(step_size, gamma=0.1 by default). exponential:
-    ExponentialLR(gamma, required). cosine: CosineAnnealingLR(T_max=epochs - warmup_epochs,
-    eta_min=min_lr). With warmup_epochs = W > 0 the first W epochs follow LinearLR(start_factor
-    -> 1, total_iters=W) and the main schedule then restarts its count at epoch W (SequentialLR).
+    With warmup_epochs = W > 0 the first W epochs follow torch's LinearLR(warmup_start_factor ->
+    1, total_iters=W) and `main` then restarts its count at epoch W (SequentialLR). A subclass
+    sets `name` and `hparams` (each becomes an attribute) and implements `main`; `SCHEDULES`
+    maps names to classes.
     """
-    owner = f"schedule {name!r}"
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; expected one of {list(SCHEDULES)}")
-    base = _check_number(owner, "base_lr", base_lr, lo=0.0)
-    epochs = _check_int(owner, "epochs", epochs, lo=1)
-    warm = _check_int(owner, "warmup_epochs", warmup_epochs, lo=0)
-    if warm >= epochs:
-        raise ValueError(f"{owner}: 'warmup_epochs' must be < epochs={epochs}, got {warm}")
-    start = _check_number(
-        owner, "warmup_start_factor", warmup_start_factor, lo=0.0, hi=1.0, lo_open=True
-    )
-    uses = {"step_size": ("step",), "gamma": ("step", "exponential"), "min_lr": ("cosine",)}
-    given = {"step_size": step_size, "gamma": gamma, "min_lr": min_lr or None}
-    for arg, value in given.items():
-        if value is not None and name not in uses[arg]:
-            raise ValueError(
-                f"{owner}: {arg!r} only applies to schedules {list(uses[arg])}, got {arg}={value!r}"
+
+    name = "schedule"
+    hparams: ClassVar[dict[str, HParam]] = {
+        "warmup_epochs": Int(0, lo=0),
+        "warmup_start_factor": Number(0.1, lo=0.0, hi=1.0, lo_open=True),
+    }
+
+    def __init__(self, base_lr: float, *, epochs: int, **hparams: object) -> None:
+        owner = f"schedule {self.name!r}"
+        self.base = _check_number(owner, "base_lr", base_lr, lo=0.0)
+        self.epochs = Int(lo=1).check(owner, "epochs", epochs)
+        applies = {k: [n for n, c in SCHEDULES.items() if k in c.hparams] for k in hparams}
+        for key, value in hparams.items():
+            if key not in self.hparams and applies[key]:
+                raise HParamError(
+                    f"{owner}: {key!r} only applies to schedules {applies[key]}, "
+                    f"got {key}={value!r}",
+                    key,
+                    f"a hyper-parameter of {self.name} ({', '.join(self.hparams)})",
+                    f"{key}={value!r}",
+                )
+        for key, value in check_hparams(owner, self.hparams, hparams).items():
+            setattr(self, key, value)
+        if self.warmup_epochs >= self.epochs:
+            raise HParamError(
+                f"{owner}: 'warmup_epochs' must be < epochs={self.epochs}, "
+                f"got {self.warmup_epochs}",
+                "warmup_epochs",
+                f"fewer than the {self.epochs} epochs",
+                repr(self.warmup_epochs),
             )
 
-    main: Callable[[int], float]
-    if name == "constant":
+    def main(self, epoch: int) -> float:
+        """The schedule after the warm-up, counted from its end."""
+        return self.base
 
-        def main(e: int) -> float:
-            return base
-
-    elif name == "step":
-        if step_size is None:
-            raise ValueError(f"{owner}: 'step_size' (epochs per decay) is required")
-        size = _check_int(owner, "step_size", step_size, lo=1)
-        g = _check_number(
-            owner, "gamma", 0.1 if gamma is None else gamma, lo=0.0, hi=1.0, lo_open=True
-        )
-
-        def main(e: int) -> float:
-            return base * g ** (e // size)
-
-    elif name == "exponential":
-        if gamma is None:
-            raise ValueError(f"{owner}: 'gamma' (per-epoch decay factor) is required")
-        g = _check_number(owner, "gamma", gamma, lo=0.0, hi=1.0, lo_open=True)
-
-        def main(e: int) -> float:
-            return base * g**e
-
-    else:
-        floor = _check_number(owner, "min_lr", min_lr, lo=0.0, hi=base)
-        t_max = epochs - warm
-
-        def main(e: int) -> float:
-            return floor + (base - floor) * (1 + math.cos(math.pi * e / t_max)) / 2
-
-    def schedule(epoch: int) -> float:
+    def __call__(self, epoch: int) -> float:
         if not isinstance(epoch, int | np.integer) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"{owner}: epoch must be an integer >= 0, got {epoch!r}")
-        epoch = int(epoch)
+            raise ValueError(
+                f"schedule {self.name!r}: epoch must be an integer >= 0, got {epoch!r}"
+            )
+        epoch, warm, start = int(epoch), self.warmup_epochs, self.warmup_start_factor
         if epoch < warm:
-            return base * (start + (1 - start) * epoch / warm)
-        return main(epoch - warm)
+            return self.base * (start + (1 - start) * epoch / warm)
+        return self.main(epoch - warm)
 
-    return schedule
+
+class ConstantLR(Schedule):
+    """base_lr throughout."""
+
+    name = "constant"
+
+
+class StepLR(Schedule):
+    """torch's StepLR: base_lr * gamma ** (epoch // step_size)."""
+
+    name = "step"
+    hparams = {
+        **Schedule.hparams,
+        "step_size": Int(lo=1),
+        "gamma": Number(0.1, lo=0.0, hi=1.0, lo_open=True),
+    }
+
+    def main(self, epoch: int) -> float:
+        return self.base * self.gamma ** (epoch // self.step_size)
+
+
+class ExponentialLR(Schedule):
+    """torch's ExponentialLR: base_lr * gamma ** epoch."""
+
+    name = "exponential"
+    hparams = {**Schedule.hparams, "gamma": Number(lo=0.0, hi=1.0, lo_open=True)}
+
+    def main(self, epoch: int) -> float:
+        return self.base * self.gamma**epoch
+
+
+class CosineLR(Schedule):
+    """torch's CosineAnnealingLR(T_max=epochs - warmup_epochs, eta_min=min_lr)."""
+
+    name = "cosine"
+    hparams = {**Schedule.hparams, "min_lr": Number(0.0, lo=0.0)}
+
+    def __init__(self, base_lr: float, *, epochs: int, **hparams: object) -> None:
+        super().__init__(base_lr, epochs=epochs, **hparams)
+        owner = f"schedule {self.name!r}"
+        self.min_lr = Number(lo=0.0, hi=self.base).check(owner, "min_lr", self.min_lr)
+
+    def main(self, epoch: int) -> float:
+        t_max = self.epochs - self.warmup_epochs
+        return self.min_lr + (self.base - self.min_lr) * (1 + math.cos(math.pi * epoch / t_max)) / 2
+
+
+SCHEDULES: dict[str, type[Schedule]] = {
+    "constant": ConstantLR,
+    "step": StepLR,
+    "exponential": ExponentialLR,
+    "cosine": CosineLR,
+}
+
+
+def make_schedule(name: str, base_lr: float, *, epochs: int, **hparams: object) -> Schedule:
+    """Schedule `name` (a key of SCHEDULES) from `base_lr` over `epochs`; see its `hparams`."""
+    return schedule_class(name)(base_lr, epochs=epochs, **hparams)
+
+
+def schedule_class(name: str) -> type[Schedule]:
+    """SCHEDULES[name], or ValueError listing the registered names."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {list(SCHEDULES)}")
+    return SCHEDULES[name]
 
 
 # ----------------------------------------------------------------------------------------------

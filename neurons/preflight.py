@@ -8,7 +8,6 @@ guard call it, so a refused config fails before its run directory is created.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import resource
@@ -18,8 +17,16 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from neurons.config import LAYERS, ConfigError, build_layer, build_network, validate
-from neurons.data import DatasetConfig, DatasetError, validate_config
+from neurons.config import (
+    LAYERS,
+    ConfigError,
+    build_layer,
+    build_network,
+    layer_parameters,
+    validate,
+)
+from neurons.data import DATASETS, DatasetConfig, validate_config
+from neurons.data.loaders import downsampled_shape
 from neurons.graph import Feedback
 from neurons.layers import BuildError, Conv2d, Dense, NormConv2d, NormDense
 
@@ -32,16 +39,6 @@ ARCH_SCALARS: dict[str, tuple[type, int]] = {
     "padding": (int, 0),
     "skip": (bool, 0),
     "bias": (bool, 0),
-}
-# per-sample shape and outputs of the datasets whose shape needs no file
-KNOWN_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
-    "xor": ((2,), 2),
-    "and": ((2,), 2),
-    "iris": ((4,), 3),
-    "digits": ((1, 8, 8), 10),
-    "mnist": ((1, 28, 28), 10),
-    "fashion_mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
 }
 # bytes held per parameter, in units of the dtype: value, gradient, two optimizer slots, and
 # three copies (the epoch snapshot, restore_best's copy, the checkpoint being written)
@@ -59,10 +56,7 @@ def check_layer_types(spec: Any, path: str) -> None:
     if not isinstance(spec, dict) or spec.get("kind") not in LAYERS:
         return  # build_layer reports these
     cls = LAYERS[spec["kind"]]
-    params: dict[str, inspect.Parameter] = {}
-    for klass in reversed(cls.__mro__):  # `**kw` keys come from the base classes
-        if "__init__" in vars(klass) and klass is not object:
-            params.update(inspect.signature(klass.__init__).parameters)
+    params = layer_parameters(cls)
     for key, value in spec.items():
         p = params.get(key)
         if p is None:
@@ -207,25 +201,13 @@ def check_memory(cfg: DictConfig, arch: dict, input_shape: tuple[int, ...]) -> i
 
 def known_shape(dcfg: Any) -> tuple[tuple[int, ...], int] | None:
     """(sample shape, outputs) the dataset will have, when it follows from the config alone."""
-    name = dcfg.name
-    if name not in KNOWN_SHAPES:
+    spec = DATASETS.get(dcfg.name)
+    if spec is None or spec.shape is None:
         return None
-    shape, n_out = KNOWN_SHAPES[name]
-    if name in ("xor", "and") and dcfg.task == "regression":
-        n_out = 1
-    k = int(dcfg.downsample)
-    if len(shape) == 3 and k > 1:
-        c, h, w = shape
-        if h % k or w % k:
-            raise DatasetError(
-                f"dataset.downsample={k}: the {h}x{w} images are not divisible into {k}x{k} blocks"
-            )
-        shape = (c, h // k, w // k)
-    elif k > 1:
-        raise DatasetError(
-            f"dataset.downsample={k}: {name} samples are vectors of shape {shape}, "
-            "not (C, H, W) images (use downsample: 1)"
-        )
+    shape, n_out = spec.shape
+    if dcfg.task == "regression":
+        n_out = 1  # the class index as one target column (xor, and)
+    shape = downsampled_shape(dcfg.name, shape, int(dcfg.downsample))
     if dcfg.flatten:
         shape = (math.prod(shape),)
     return shape, n_out

@@ -4,7 +4,8 @@ A run directory holds `.hydra/` (Hydra's), METRICS (one row per epoch, appended 
 fsynced write per row; a torn last line is ignored), SUMMARY (final/best/probe metrics,
 timing, threads, versions, data source),
 STATUS (running | completed | failed | interrupted, with the error), LOG, and CHECKPOINTS/
-{last,best}.npz (model, optimizer state, rng state, train state; `allow_pickle=False`).
+{last,best}.npz. The checkpoint layout lives here alone: arrays `model.<state key>` and
+`optim.<state key>`, and `__meta__` (JSON: epoch, train state, rng state); `allow_pickle=False`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ METRIC_COLUMNS = (
     "val_loss",
     "val_acc",
 )
+
+
+MODEL_PREFIX = "model."  # checkpoint arrays of the network's state_dict
+OPTIM_PREFIX = "optim."  # checkpoint arrays of the optimizer's state_dict
+META_KEY = "__meta__"
+RUN_META = ("epoch", "train_state", "rng")  # what a run checkpoint's meta must hold
 
 
 class RecordWriteError(OSError):
@@ -184,7 +191,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
 def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """np.savez of `arrays` plus `meta` as a JSON string, written to a temp file then renamed."""
     payload = dict(arrays)
-    payload["__meta__"] = np.array(json.dumps(_clean(meta)))
+    payload[META_KEY] = np.array(json.dumps(_clean(meta)))
     buf = io.BytesIO()
     np.savez(buf, **payload)
     write_atomic(path, buf.getvalue())
@@ -194,8 +201,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and meta of a checkpoint; CheckpointError naming the file if it is damaged."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k != "__meta__"}
-            meta = json.loads(str(z["__meta__"])) if "__meta__" in z.files else {}
+            arrays = {k: z[k] for k in z.files if k != META_KEY}
+            meta = json.loads(str(z[META_KEY])) if META_KEY in z.files else {}
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
@@ -204,6 +211,47 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         raise CheckpointError(f"{path}: tampered or corrupt checkpoint ({e})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: tampered or corrupt checkpoint (meta is not a mapping)")
+    return arrays, meta
+
+
+def run_checkpoint(
+    model: dict[str, np.ndarray],
+    optimizer: dict[str, np.ndarray],
+    epoch: int,
+    train_state: dict[str, Any],
+    rng_state: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, meta) of a run checkpoint from the network's and optimizer's state_dicts (the
+    optimizer's arrays copied) and the train and rng states; for `save_checkpoint`."""
+    arrays = {f"{MODEL_PREFIX}{k}": v for k, v in model.items()}
+    arrays.update({f"{OPTIM_PREFIX}{k}": np.array(v, copy=True) for k, v in optimizer.items()})
+    return arrays, {"epoch": epoch, "train_state": train_state, "rng": rng_state}
+
+
+def model_state(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The network's state_dict held by checkpoint `arrays` (the `model.` entries, unprefixed)."""
+    return _unprefixed(arrays, MODEL_PREFIX)
+
+
+def optimizer_state(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The optimizer's state_dict held by checkpoint `arrays` (the `optim.` entries)."""
+    return _unprefixed(arrays, OPTIM_PREFIX)
+
+
+def _unprefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def load_run_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A run checkpoint that is whole and finite with its RUN_META, or CheckpointError naming the
+    file and the fault."""
+    arrays, meta = load_checkpoint(path)
+    lacking = sorted(set(RUN_META) - set(meta))
+    if lacking:
+        raise CheckpointError(f"{path}: corrupt checkpoint (its meta lacks {lacking})")
+    bad = nonfinite_arrays(arrays)
+    if bad:
+        raise CheckpointError(f"{path}: holds non-finite values in {', '.join(bad[:3])}")
     return arrays, meta
 
 

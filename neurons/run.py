@@ -107,14 +107,13 @@ class _Recorder:
 
     def take_snapshot(self, state: TrainState) -> None:
         net, opt = self.exp.network, self.exp.optimizer
-        arrays = {f"model.{k}": v for k, v in net.state_dict().items()}
-        arrays.update({f"optim.{k}": np.array(v, copy=True) for k, v in opt.state_dict().items()})
-        meta = {
-            "epoch": state.epoch,
-            "train_state": state.to_dict(),
-            "rng": self.exp.rng.bit_generator.state,
-        }
-        self.snapshot = (arrays, meta)
+        self.snapshot = rec.run_checkpoint(
+            net.state_dict(),
+            opt.state_dict(),
+            state.epoch,
+            state.to_dict(),
+            self.exp.rng.bit_generator.state,
+        )
 
     def write_last(self) -> None:
         if self.snapshot is None or not self.checkpoints:
@@ -151,18 +150,6 @@ class _Recorder:
         )
 
 
-def _checkpoint(path: Path) -> tuple[dict, dict]:
-    """A checkpoint that is whole and finite, or CheckpointError naming the file and the fault."""
-    arrays, meta = rec.load_checkpoint(path)
-    lacking = sorted({"epoch", "train_state", "rng"} - set(meta))
-    if lacking:
-        raise rec.CheckpointError(f"{path}: corrupt checkpoint (its meta lacks {lacking})")
-    bad = rec.nonfinite_arrays(arrays)
-    if bad:
-        raise rec.CheckpointError(f"{path}: holds non-finite values in {', '.join(bad[:3])}")
-    return arrays, meta
-
-
 def _newest_checkpoint(run_dir: Path) -> tuple[Path, dict, dict]:
     """The valid checkpoint with most epochs among `last` and `best`; says what was skipped."""
     ck = run_dir / rec.CHECKPOINTS
@@ -171,7 +158,7 @@ def _newest_checkpoint(run_dir: Path) -> tuple[Path, dict, dict]:
         if not (ck / name).exists():
             continue
         try:
-            found.append((ck / name, *_checkpoint(ck / name)))
+            found.append((ck / name, *rec.load_run_checkpoint(ck / name)))
         except rec.CheckpointError as e:
             problems.append(str(e))
     if not found:
@@ -188,10 +175,8 @@ def _restore(exp: Experiment, run_dir: Path) -> tuple[TrainState, list[dict]]:
     """Load the newest valid checkpoint into `exp`; returns the train state and metrics rows."""
     path, arrays, meta = _newest_checkpoint(run_dir)
     try:
-        exp.network.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-        exp.optimizer.load_state_dict(
-            {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
-        )
+        exp.network.load_state_dict(rec.model_state(arrays))
+        exp.optimizer.load_state_dict(rec.optimizer_state(arrays))
         exp.rng.bit_generator.state = meta["rng"]
         ts = meta["train_state"]
         state = TrainState(
@@ -213,8 +198,8 @@ def _restore(exp: Experiment, run_dir: Path) -> tuple[TrainState, list[dict]]:
     best = run_dir / rec.CHECKPOINTS / rec.BEST
     if es is not None and es.restore_best and best.exists():
         try:
-            b, _ = _checkpoint(best)
-            state.best_state = {k[6:]: v for k, v in b.items() if k.startswith("model.")}
+            b, _ = rec.load_run_checkpoint(best)
+            state.best_state = rec.model_state(b)
         except rec.CheckpointError as e:
             log.warning("%s; restore_best will use the best epoch from here on", e)
     rows = [r for r in rec.read_metrics(run_dir) if r["epoch"] <= state.epoch]

@@ -1,8 +1,8 @@
-"""Structured-config schema: typed dataclasses for every config group but `arch`.
+"""Structured-config schema: typed dataclasses for every config group but `arch` and `optimizer`.
 
 Hydra merges the YAML groups into these, so a wrong type (`train.epochs=abc`) or an unknown key
-fails at compose time with the key named. Value ranges and the recursive `arch` mapping are
-checked by `neurons.config`. Nothing here builds objects.
+fails at compose time with the key named. Value ranges, the recursive `arch` mapping and the
+optimizer (whose class in `neurons.optim` declares its keys) are checked by `neurons.config`.
 """
 
 from __future__ import annotations
@@ -16,21 +16,7 @@ from omegaconf import MISSING
 from neurons.compat.flags import CompatConfig
 from neurons.data.config import DatasetConfig
 from neurons.loggers import LoggerConfig
-
-
-@dataclass
-class OptimizerConfig:
-    name: str = "adam"  # sgd | sgdm | adam | adamw | rmsprop
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0  # sgdm, rmsprop
-    dampening: float = 0.0  # sgdm
-    nesterov: bool = False  # sgdm
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
-    eps: float = 1e-8  # adam, adamw, rmsprop
-    amsgrad: bool = False  # adam, adamw
-    alpha: float = 0.99  # rmsprop smoothing constant
-    centered: bool = False  # rmsprop
+from neurons.optim import CosineLR, Schedule, StepLR
 
 
 @dataclass
@@ -48,14 +34,20 @@ class EarlyStoppingConfig:
     restore_best: bool = False  # load the best weights when training ends
 
 
+def _default(schedule: type[Schedule], key: str) -> Any:
+    return schedule.hparams[key].default
+
+
 @dataclass
 class ScheduleConfig:
+    """`train.schedule`: the keys of every schedule in SCHEDULES (each uses its own, see optim)."""
+
     name: str = "constant"  # constant | step | exponential | cosine
     step_size: int = 10  # step: epochs between decays
-    gamma: float = 0.1  # step / exponential: decay factor
-    min_lr: float = 0.0  # cosine: final learning rate
-    warmup_epochs: int = 0  # linear warm-up epochs before the schedule
-    warmup_start_factor: float = 0.1  # warm-up starts at lr * this
+    gamma: float = _default(StepLR, "gamma")  # step / exponential: decay factor
+    min_lr: float = _default(CosineLR, "min_lr")  # cosine: final learning rate
+    warmup_epochs: int = _default(Schedule, "warmup_epochs")  # linear warm-up epochs first
+    warmup_start_factor: float = _default(Schedule, "warmup_start_factor")  # starts at lr * this
 
 
 @dataclass
@@ -93,7 +85,8 @@ class DebugConfig:
 class Config:
     arch: Any = MISSING  # a mapping checked by neurons.config (layers, skips, loops, output)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    # an optimizer/ config: `name` (a key of neurons.optim.OPTIMIZERS) and its class's hparams
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adam"})
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfigSchema = field(default_factory=TrainConfigSchema)
     compat: CompatConfig = field(default_factory=CompatConfig)  # the original crate's quirks

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits, load_iris
 
-from neurons.data import loaders
+from neurons.data import builtin
 from neurons.data.config import DatasetConfig
 
 
-def _raw(name: str, monkeypatch) -> loaders._Raw:
+def _raw(name: str, monkeypatch) -> builtin.Raw:
     seen = {}
-    monkeypatch.setattr(loaders, "_fraction_split", lambda raw, cfg, what: seen.setdefault(0, raw))
-    getattr(loaders, f"_{name}")(DatasetConfig(name=name))
+    monkeypatch.setattr(builtin, "fraction_split", lambda raw, cfg, what: seen.setdefault(0, raw))
+    getattr(builtin, f"_{name}")(DatasetConfig(name=name))
     return seen[0]
 
 

@@ -26,7 +26,7 @@ def cfg_of(*overrides: str):
 
 
 def test_every_group_has_its_options():
-    assert set(options("optimizer")) == {"sgd", "sgdm", "adam", "adamw", "rmsprop"}
+    assert {"sgd", "sgdm", "adam", "adamw", "rmsprop"} <= set(options("optimizer"))
     assert {"ae", "mae", "mse", "rmse", "cross_entropy", "bce", "kld"} <= set(options("objective"))
     for a in ["mlp", "cnn"]:
         for f in ["plain", "skip", "looping", "feedback"]:

@@ -27,7 +27,8 @@ from neurons.data import (
     sources,
     validate_config,
 )
-from neurons.data.loaders import downsample, upstream_permutation
+from neurons.data.loaders import downsample
+from neurons.data.spec import upstream_permutation
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 FASHION = Path("/usr/share/datasets/fashion-mnist")

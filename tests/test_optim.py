@@ -175,7 +175,7 @@ def test_sgd_momentum_first_buffer_is_the_gradient():
     ("name", "hp", "pattern"),
     [
         ("sgd", {}, r"\['lr'\] are required"),
-        ("sgd", {"lr": -0.1}, r"'lr'.*\[0, inf\).*-0.1"),
+        ("sgd", {"lr": -0.1}, r"'lr'.*\(0, inf\).*-0.1"),
         ("sgd", {"lr": 0.1, "momentum": 0.9}, r"unknown hyper-parameter.*'momentum'.*'lr'"),
         ("sgdm", {"lr": 0.1, "momentum": -0.5}, r"'momentum'.*>=|'momentum'.*\[0"),
         ("sgdm", {"lr": 0.1, "momentum": 0.0, "nesterov": True}, "'nesterov' needs momentum > 0"),
@@ -200,7 +200,7 @@ def test_bad_hyper_parameters_are_named(name, hp, pattern):
 
 
 def test_registry():
-    assert set(OPTIMIZERS) == {"sgd", "sgdm", "adam", "adamw", "rmsprop"}
+    assert {"sgd", "sgdm", "adam", "adamw", "rmsprop"} <= set(OPTIMIZERS)  # + any registered
     with pytest.raises(TypeError, match="float ndarray"):
         make_optimizer("adam", {"w": np.zeros(2, dtype=int)})
 

@@ -99,11 +99,9 @@ def test_nonfinite_parameters_and_validation_are_caught(rng):
 def test_a_checkpoint_with_nonfinite_values_is_not_good(tmp_path):
     arrays = {"model.param.w": np.array([1.0, np.inf], np.float32), "optim.t": np.array(3)}
     assert rec.nonfinite_arrays(arrays) == ["model.param.w"]
-    from neurons.run import _checkpoint
-
     rec.save_checkpoint(tmp_path / "c.npz", arrays, {"epoch": 1, "train_state": {}, "rng": {}})
     with pytest.raises(rec.CheckpointError, match=r"c\.npz: holds non-finite values"):
-        _checkpoint(tmp_path / "c.npz")
+        rec.load_run_checkpoint(tmp_path / "c.npz")
 
 
 def test_truncated_checkpoint_names_the_file(tmp_path):

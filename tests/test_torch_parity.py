@@ -180,7 +180,7 @@ DECONV_CASES = [  # filters, kernel, stride, padding, dilation, output_padding, 
 @pytest.mark.parametrize("f,k,s,p,d,op,bias,in_shape", DECONV_CASES)
 def test_deconv2d(torch, f, k, s, p, d, op, bias, in_shape):
     F = torch.nn.functional
-    layer = Deconv2d(f, k, s, p, d, op, bias=bias)
+    layer = Deconv2d(f, k, s, p, d, output_padding=op, bias=bias)
     extra = {"b": np.linspace(-0.3, 0.3, f, dtype=np.float32)} if bias else {}
     layer, *_ = layer_parity(
         torch,

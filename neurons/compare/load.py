@@ -1,18 +1,16 @@
 """Load the job directories of one or more runner sweeps into two tidy pandas frames.
 
 Reads files only (`.hydra/*.yaml`, `metrics.csv`, `summary.json`, `status.json`); it never imports
-the training code and never writes. It also holds the variant naming, ordering and colour rules
-(thesis names FFN / COMBINE xN / COUPLE xN, "w. bypassing skip") shared by the plots and tables.
+the training code and never writes. Variant names are `variants.py`'s, colours `styles.py`'s.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,46 +21,13 @@ import yaml
 
 from neurons.record import METRIC_COLUMNS, METRICS, STATUS, SUMMARY
 
+from .frames import as_int, dig, isna
 from .integrity import metrics_damage
+from .variants import assign_variants, varied_keys
 
-__all__ = [
-    "COMPLETED",
-    "METRIC_COLUMNS",
-    "NoRunsError",
-    "find_job_dirs",
-    "load_runs",
-    "method_label",
-    "ordered_variants",
-    "padded_matrix",
-    "variant_styles",
-]
+__all__ = ["COMPLETED", "METRIC_COLUMNS", "NoRunsError", "find_job_dirs", "load_runs"]
 
 COMPLETED = "completed"
-FAMILY_NAMES = {"plain": "FFN", "looping": "COMBINE", "feedback": "COUPLE"}
-FAMILY_RANK = {"plain": 0, "looping": 1, "feedback": 2}
-SKIP_SUFFIX = "w. bypassing skip"
-# Fixed colours per method, as in the thesis; yellow is a darker gold so it shows on white.
-METHOD_COLOURS = {
-    ("looping", 2): "red",
-    ("looping", 3): "green",
-    ("looping", 4): "goldenrod",
-    ("feedback", 2): "purple",
-    ("feedback", 3): "orange",
-    ("feedback", 4): "blue",
-}
-DEFAULT_CYCLE = (
-    "tab:blue",
-    "tab:orange",
-    "tab:green",
-    "tab:red",
-    "tab:purple",
-    "tab:brown",
-    "tab:pink",
-    "tab:gray",
-    "tab:olive",
-    "tab:cyan",
-)
-LINESTYLES = ("-", "--", ":", "-.")
 # Summary fields that always get a column (NaN when absent or null), so downstream code can rely
 # on them.
 SUMMARY_COLUMNS = (
@@ -90,101 +55,6 @@ _MARKERS = (Path(".hydra") / "config.yaml", Path(METRICS), Path(STATUS))
 
 class NoRunsError(ValueError):
     """A given directory holds no job directory."""
-
-
-# --------------------------------------------------------------------------------------------
-# naming, ordering, colours
-
-
-def method_label(family: Any, passes: Any) -> str:
-    """Thesis name of a method: plain -> "FFN", looping -> "COMBINE", feedback -> "COUPLE",
-    with " xN" appended when N = passes > 1 (never for plain)."""
-    fam = str(family)
-    name = FAMILY_NAMES.get(fam, fam.upper())
-    n = _as_int(passes)
-    if fam != "plain" and n is not None and n > 1:
-        name += f" x{n}"
-    return name
-
-
-def _variant_key(family: Any, passes: Any, skip: Any, extra: Any, label: str) -> tuple:
-    fam = None if _isna(family) else str(family)
-    rank = FAMILY_RANK.get(fam, 3 if fam is not None else 4)
-    n = _as_int(passes)
-    return (
-        bool(skip) if not _isna(skip) else False,
-        rank,
-        fam or "",
-        n if n is not None else 0,
-        "" if _isna(extra) else str(extra),
-        label,
-    )
-
-
-def ordered_variants(df: pd.DataFrame) -> list[str]:
-    """Variant labels of `df` (curves or jobs) in table/legend order: every skip=False variant
-    before every skip=True one; within each block FFN, then COMBINE xN by N, then COUPLE xN by N,
-    then any other family, then fallback (override-named) variants; ties by extra keys, label."""
-    if df.empty or "variant" not in df:
-        return []
-    cols = ["family", "passes", "skip", "extra", "variant"]
-    sub = df.reindex(columns=cols).drop_duplicates("variant")
-    keys = {
-        r.variant: _variant_key(r.family, r.passes, r.skip, r.extra, r.variant)
-        for r in sub.itertuples(index=False)
-    }
-    return sorted(keys, key=keys.__getitem__)
-
-
-def variant_styles(df: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """Colour and line style per variant label: fixed thesis colours per method (FFN black,
-    COMBINE x2/x3/x4 red/green/gold, COUPLE x2/x3/x4 purple/orange/blue), others from the tab10
-    cycle in order of appearance; distinct `extra` values (e.g. lr=...) get distinct line styles."""
-    styles: dict[str, dict[str, str]] = {}
-    others: dict[str, str] = {}
-    extras: dict[str, str] = {}
-    if df.empty or "variant" not in df:
-        return styles
-    sub = df.reindex(columns=["family", "passes", "method", "extra", "variant"])
-    sub = sub.drop_duplicates("variant").set_index("variant")
-    for v in ordered_variants(df):
-        r = sub.loc[v]
-        fam = None if _isna(r.family) else str(r.family)
-        n = _as_int(r.passes)
-        if fam == "plain":
-            colour = "black"
-        elif (fam, n) in METHOD_COLOURS:
-            colour = METHOD_COLOURS[(fam, n)]
-        else:
-            key = str(r.method) if fam is None else f"{fam}/{n}"
-            if key not in others:
-                others[key] = DEFAULT_CYCLE[len(others) % len(DEFAULT_CYCLE)]
-            colour = others[key]
-        extra = "" if _isna(r.extra) else str(r.extra)
-        if fam is None:
-            style = "-"
-        else:
-            if extra not in extras:
-                extras[extra] = LINESTYLES[len(extras) % len(LINESTYLES)]
-            style = extras[extra]
-        styles[v] = {"color": colour, "linestyle": style}
-    return styles
-
-
-def padded_matrix(sub: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epochs 1..E, runs x E matrix) of `column` for the jobs in `sub` (curves rows), each run
-    NaN-padded to the longest one (E = the largest epoch in `sub`); rows in job order."""
-    sub = sub[sub["epoch"].notna() & (sub["epoch"] >= 1)]
-    if sub.empty:
-        return np.arange(1, 1), np.full((0, 0), np.nan)
-    n_epochs = int(sub["epoch"].max())
-    jobs = list(dict.fromkeys(sub["job"]))
-    mat = np.full((len(jobs), n_epochs), np.nan)
-    rows = sub["job"].map({j: i for i, j in enumerate(jobs)}).to_numpy(dtype=int)
-    cols = sub["epoch"].to_numpy(dtype=int) - 1
-    values = pd.to_numeric(sub[column], errors="coerce") if column in sub else np.nan
-    mat[rows, cols] = np.asarray(values, dtype=float)
-    return np.arange(1, n_epochs + 1), mat
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,7 +186,7 @@ def _read_job(path: Path, name: str, sweep: Path) -> _Job:
     job.config = cfg if isinstance(cfg, dict) else {}
     if (hydra_dir / "hydra.yaml").is_file():
         hy = _read_yaml(hydra_dir / "hydra.yaml", job, ".hydra/hydra.yaml")
-        choices = _dig(hy, "hydra", "runtime", "choices")
+        choices = dig(hy, "hydra", "runtime", "choices")
         if isinstance(choices, dict):
             job.choices = {str(k): v for k, v in choices.items() if not str(k).startswith("hydra")}
     if (hydra_dir / "overrides.yaml").is_file():
@@ -347,7 +217,7 @@ def _read_job(path: Path, name: str, sweep: Path) -> _Job:
     _judge_damage(job)
     arch = job.config.get("arch")
     if isinstance(arch, dict) and "family" in arch:
-        passes = _as_int(arch.get("passes"))
+        passes = as_int(arch.get("passes"))
         job.base = (str(arch["family"]), passes if passes is not None else 1, _as_bool(arch))
     return job
 
@@ -364,7 +234,7 @@ def _judge_damage(job: _Job) -> None:
     job.damage += [p for p in job.problems if p in needed or p == "metrics.csv has no rows"]
     if job.summary is None and not any(SUMMARY in p for p in job.damage):
         job.damage.append("summary.json missing")
-    epochs_run = _as_int(job.summary.get("epochs_run")) if job.summary else None
+    epochs_run = as_int(job.summary.get("epochs_run")) if job.summary else None
     if epochs_run is not None and job.metrics is not None and epochs_run != len(job.metrics):
         job.damage.append(
             f"summary.json says {epochs_run} epochs, metrics.csv holds {len(job.metrics)}"
@@ -408,7 +278,7 @@ def _summary_fields(job: _Job) -> dict[str, Any]:
             )
         f["wall_seconds"] = last["wall"]
         f["seconds_per_epoch"] = _nanmean(m["seconds"].to_numpy())
-    if _isna(f.get("task")):
+    if isna(f.get("task")):
         if m is not None:
             f["task"] = "classification" if m["val_acc"].notna().any() else "regression"
         else:
@@ -439,69 +309,6 @@ def _cell(v: Any) -> Any:
     if isinstance(v, list | tuple | dict):
         return json.dumps(v, default=str, separators=(",", ":"))
     return np.nan if v is None else v
-
-
-# --------------------------------------------------------------------------------------------
-# variants
-
-
-def _varied(jobs: Sequence[_Job]) -> list[str]:
-    keys: list[str] = []
-    for j in jobs:
-        keys += [k for k in j.overrides if k not in keys]
-    return [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
-
-
-def _assign_variants(jobs: Sequence[_Job], varied: list[str]) -> None:
-    # A job without arch info (e.g. its config is missing) borrows it from a job that chose the
-    # same arch config.
-    by_arch = {}
-    for j in jobs:
-        arch_choice = j.choices.get("arch", j.overrides.get("arch"))
-        if j.base is not None and arch_choice is not None:
-            by_arch.setdefault(str(arch_choice), j.base)
-    for j in jobs:
-        if j.base is None:
-            arch_choice = j.choices.get("arch", j.overrides.get("arch"))
-            j.base = by_arch.get(str(arch_choice)) if arch_choice is not None else None
-
-    # Extra keys: varied overrides (not seed) that the (family, passes, skip) tuple does not
-    # determine, e.g. optimizer.lr or dataset; they become part of the variant label.
-    candidates = [k for k in varied if k != "seed"]
-    groups: dict[tuple, list[_Job]] = {}
-    for j in jobs:
-        if j.base is not None:
-            groups.setdefault(j.base, []).append(j)
-    extra_keys = [
-        k
-        for k in candidates
-        if any(len({j.overrides.get(k) for j in g}) > 1 for g in groups.values())
-    ]
-
-    for j in jobs:
-        if j.base is not None:
-            fam, passes, skip = j.base
-            extra = ", ".join(f"{k}={j.overrides.get(k, 'default')}" for k in extra_keys)
-            method = method_label(fam, passes)
-            if extra:
-                method += f" ({extra})"
-            label = method_label(fam, passes) + (f" {SKIP_SUFFIX}" if skip else "")
-            label += f" ({extra})" if extra else ""
-            j.fields.update(
-                variant=label, method=method, family=fam, passes=passes, skip=skip, extra=extra
-            )
-        else:
-            parts = [f"{k}={j.overrides.get(k, 'default')}" for k in candidates]
-            name = _dig(j.config, "arch", "name") or j.choices.get("arch")
-            label = ", ".join(parts) or (str(name) if name else "run")
-            j.fields.update(
-                variant=label,
-                method=label,
-                family=np.nan,
-                passes=np.nan,
-                skip=False,
-                extra=", ".join(parts),
-            )
 
 
 def _unique_names(found: list[tuple[Path, Path]]) -> list[str]:
@@ -564,8 +371,8 @@ def load_runs(dirs: Iterable[Path | str] | Path | str) -> tuple[pd.DataFrame, pd
 
     names = _unique_names(found)
     jobs = [_read_job(j, n, s) for (s, j), n in zip(found, names, strict=True)]
-    varied = _varied(jobs)
-    _assign_variants(jobs, varied)
+    varied = varied_keys(jobs)
+    assign_variants(jobs, varied)
 
     job_rows, curve_parts = [], []
     for j in jobs:
@@ -574,13 +381,13 @@ def load_runs(dirs: Iterable[Path | str] | Path | str) -> tuple[pd.DataFrame, pd
             seed = j.summary.get("seed")
         if seed is None:
             seed = j.overrides.get("seed")
-        ident = {"job": j.name, **j.fields, "seed": _as_int(seed)}
+        ident = {"job": j.name, **j.fields, "seed": as_int(seed)}
         summ = _summary_fields(j)
         cfg = _config_fields(j)
         choices = {f"choice.{k}": _cell(v) for k, v in j.choices.items()}
-        configured = _as_int(_dig(j.config, "train", "epochs"))
+        configured = as_int(dig(j.config, "train", "epochs"))
         n_epochs = 0 if j.metrics is None else len(j.metrics)
-        epochs_run = _as_int(summ.get("epochs_run"))
+        epochs_run = as_int(summ.get("epochs_run"))
         complete = j.status == COMPLETED and not j.damage
         row = {
             **ident,
@@ -638,32 +445,6 @@ def load_runs(dirs: Iterable[Path | str] | Path | str) -> tuple[pd.DataFrame, pd
 
 # --------------------------------------------------------------------------------------------
 # small helpers
-
-
-def _dig(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
-def _isna(v: Any) -> bool:
-    if v is None or v is pd.NA:
-        return True
-    try:
-        return bool(isinstance(v, float) and math.isnan(v))
-    except TypeError:
-        return False
-
-
-def _as_int(v: Any) -> int | None:
-    if _isna(v) or isinstance(v, bool):
-        return None
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def _nanmean(a: np.ndarray) -> float:

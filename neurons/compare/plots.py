@@ -15,7 +15,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from .load import SKIP_SUFFIX, ordered_variants, padded_matrix, variant_styles
+from .frames import padded_matrix
+from .styles import variant_styles
+from .variants import SKIP_SUFFIX, ordered_variants
 
 __all__ = ["BAND_LABELS", "METRIC_LABELS", "final_metric", "forest_plot", "learning_curves"]
 

@@ -3,8 +3,9 @@ against a baseline, README opening with a generated summary).
 
 Reads run directories through `load_runs`, or a report's own tables through `load_report`, and
 renders with the Agg canvas directly (no pyplot, no global backend switch); it never imports or
-runs training code. Each file is written to a temp file in the target folder and moved into place
-with `os.replace`. Paths in the output are relative to the repository, never absolute.
+runs training code. Each file is written with the run records' atomic writer
+(`neurons.record.write_atomic`: temp file, fsync, rename). Paths in the output are relative to
+the repository, never absolute.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import io
 import json
 import os
 import shlex
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from neurons.record import write_atomic
 
 from .load import find_job_dirs, load_runs
 from .narrative import comparison_markdown, stats_markdown, summary_text
@@ -49,27 +52,15 @@ __all__ = ["build_command", "make_report", "write_report", "write_report_frames"
 DPI = 130
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, text.encode("utf-8"))
+    write_atomic(path, text.encode("utf-8"))
 
 
 def _write_figure(path: Path, fig: Figure) -> None:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
-    _atomic_write(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def _write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -149,29 +140,12 @@ def _default_title(jobs: pd.DataFrame, task: str) -> str:
 
 
 def write_report(
-    dirs: Iterable[Path | str] | Path | str,
-    out_dir: Path | str | None = None,
-    *,
-    title: str | None = None,
-    band: str | None = None,
-    baseline: str | None = None,
-    alpha: float | None = None,
-    pairing: str | None = None,
-    from_report: bool | None = None,
+    dirs: Iterable[Path | str] | Path | str, out_dir: Path | str | None = None, **options: Any
 ) -> Path:
     """Load the sweeps in `dirs` (or one report folder, to regenerate it from its own tables)
     and write a report folder `out_dir` (default: DIR/report for a sweep, the folder itself for a
-    report); returns `out_dir`. `make_report` with the frames dropped."""
-    return make_report(
-        dirs,
-        out_dir,
-        title=title,
-        band=band,
-        baseline=baseline,
-        alpha=alpha,
-        pairing=pairing,
-        from_report=from_report,
-    )[0]
+    report); returns `out_dir`. `make_report` (same keyword options) with the frames dropped."""
+    return make_report(dirs, out_dir, **options)[0]
 
 
 def make_report(
@@ -338,7 +312,7 @@ def write_report_frames(
         _write_csv(out / "jobs.csv", rel)
     elif Path(os.path.abspath(dirs[0])) != Path(os.path.abspath(out)):
         for name in TABLES:  # the source tables, byte for byte
-            _atomic_write(out / name, (dirs[0] / name).read_bytes())
+            write_atomic(out / name, (dirs[0] / name).read_bytes())
     meta = {
         "title": title,
         "title_given": title_given,

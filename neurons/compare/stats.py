@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .load import ordered_variants
+from .variants import ordered_variants
 
 __all__ = [
     "ALPHA",

@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .load import ordered_variants, padded_matrix
+from .frames import padded_matrix
+from .variants import ordered_variants
 
 __all__ = ["STAT_METRICS", "format_number", "summary_table", "to_latex", "to_markdown"]
 

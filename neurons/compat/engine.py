@@ -18,8 +18,8 @@ from neurons.compat.flags import CompatConfig
 from neurons.compat.objectives import CrateObjective
 from neurons.compat.optim import CrateOptimizer
 from neurons.compat.stopping import CrateEarlyStopping
-from neurons.kernels.activations import ACTIVATION_PARAM, ACTIVATIONS
-from neurons.layers import Affine, BuildError, Conv2d, Dense
+from neurons.kernels.activations import ACTIVATIONS
+from neurons.layers import Affine, BuildError, Conv2d, Dense, activate
 
 if TYPE_CHECKING:
     from neurons.graph import Loop, Network, Value, _Exec
@@ -28,10 +28,7 @@ CRATE_LAYERS = (Dense, Conv2d)  # Conv2d includes Deconv2d: the crate's dense/co
 
 
 def _act(layer: Affine, z: np.ndarray) -> tuple[np.ndarray, Any]:
-    fwd, _ = ACTIVATIONS[layer.activation]
-    if layer.activation in ACTIVATION_PARAM and layer.activation_param is not None:
-        return fwd(z, layer.activation_param)
-    return fwd(z)
+    return activate(layer.activation, layer.activation_param, z)
 
 
 def _check_crate_layer(layer: Any, what: str) -> Affine:

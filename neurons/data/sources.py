@@ -1,6 +1,6 @@
 """Where the standard datasets live: file names, public mirrors, published checksums, system dirs.
 
-Pure data (module-level constants tests may monkeypatch); the search order is in `loaders.py`.
+Pure data (module-level constants tests may monkeypatch); the search order is in `builtin.py`.
 """
 
 from __future__ import annotations

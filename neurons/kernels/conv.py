@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from neurons.kernels import Array, Cache, Shape
+from neurons.kernels import pair as _pair
 
 Pair = tuple[int, int]
 
@@ -19,13 +20,6 @@ _FM = {"reassoc", "contract", "nsz"}
 # Direct loops beat im2col + GEMM only for very few filter-channel taps F*C*kh*kw (measured on
 # 28x28, batch 64: 1->1 3x3 direct ~2.7x faster, 1->4 even, 1->32 3x3 im2col ~1.9x faster).
 DIRECT_MAX_TAPS = 36
-
-
-def _pair(v: int | Pair) -> Pair:
-    if isinstance(v, int | np.integer):
-        return int(v), int(v)
-    a, b = v
-    return int(a), int(b)
 
 
 def _check_geometry(stride: Pair, padding: Pair, dilation: Pair) -> None:

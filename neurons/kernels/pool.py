@@ -9,15 +9,9 @@ import numpy as np
 from numba import njit, prange
 
 from neurons.kernels import Array, Cache
+from neurons.kernels import pair as _pair
 
 Pair = tuple[int, int]
-
-
-def _pair(v: int | Pair) -> Pair:
-    if isinstance(v, int | np.integer):
-        return int(v), int(v)
-    a, b = v
-    return int(a), int(b)
 
 
 def pool2d_output_shape(hw: Pair, kernel: int | Pair, stride: int | Pair) -> Pair:
