@@ -110,40 +110,37 @@ class _Exec:
         return (x, self.tape.push((i,), lambda g: (g * g.dtype.type(s),)))
 
     def merge(self, vs: list[Value], mode: str) -> Value:
-        """Merge equal-shape values: add, subtract (first - rest), multiply, mean, overwrite."""
+        """Merge equal-shape values with MERGE_OPS[mode] (validated at build time)."""
         if len(vs) == 1:
             return vs[0]
         xs = [x for x, _ in vs]
-        n = len(xs)
-        if mode == "add":
-            y = sum(xs[1:], xs[0])
-        elif mode == "subtract":
-            y = xs[0] - sum(xs[2:], xs[1])
-        elif mode == "multiply":
-            y = math.prod(xs[1:], start=xs[0])
-        elif mode == "mean":
-            y = sum(xs[1:], xs[0]) / xs[0].dtype.type(n)
-        elif mode == "overwrite":
-            y = xs[-1]
-        else:  # validated at build time
-            raise ValueError(f"unknown merge {mode!r}")
+        fwd, bwd = MERGE_OPS[mode]
+        y = fwd(xs)
         if self.tape is None:
             return (y, -1)
+        return (y, self.tape.push(tuple(i for _, i in vs), lambda g: bwd(g, xs)))
 
-        def bwd(g: Array) -> tuple:
-            if mode == "add":
-                return (g,) * n
-            if mode == "subtract":
-                return (g,) + (-g,) * (n - 1)
-            if mode == "mean":
-                return (g / g.dtype.type(n),) * n
-            if mode == "overwrite":
-                return (None,) * (n - 1) + (g,)
-            return tuple(  # multiply: d/dx_k = g * prod of the others
-                g * math.prod([xs[j] for j in range(n) if j != k], start=1) for k in range(n)
-            )
 
-        return (y, self.tape.push(tuple(i for _, i in vs), bwd))
+def _multiply_backward(g: Array, xs: list[Array]) -> tuple:
+    """d/dx_k = g * the product of the other inputs."""
+    n = len(xs)
+    return tuple(g * math.prod([xs[j] for j in range(n) if j != k], start=1) for k in range(n))
+
+
+# merge mode -> (forward(xs) -> y, backward(g, xs) -> one gradient per input, None = none)
+MERGE_OPS: dict[str, tuple[Callable, Callable]] = {
+    "add": (lambda xs: sum(xs[1:], xs[0]), lambda g, xs: (g,) * len(xs)),
+    "subtract": (  # first - rest
+        lambda xs: xs[0] - sum(xs[2:], xs[1]),
+        lambda g, xs: (g,) + (-g,) * (len(xs) - 1),
+    ),
+    "multiply": (lambda xs: math.prod(xs[1:], start=xs[0]), _multiply_backward),
+    "mean": (
+        lambda xs: sum(xs[1:], xs[0]) / xs[0].dtype.type(len(xs)),
+        lambda g, xs: (g / g.dtype.type(len(xs)),) * len(xs),
+    ),
+    "overwrite": (lambda xs: xs[-1], lambda g, xs: (None,) * (len(xs) - 1) + (g,)),
+}
 
 
 class Feedback:
@@ -286,6 +283,7 @@ class Network:
         if self.head is not None and self.head not in ACTIVATIONS:
             raise BuildError(f"head: expected one of {sorted(ACTIVATIONS)}, found {self.head!r}")
         self._check_structure()
+        self._compiled: dict = {}  # neurons.plan's programs per (recurrent, skips), built lazily
         return self
 
     def _check_structure(self) -> None:

@@ -188,13 +188,21 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
-def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """np.savez of `arrays` plus `meta` as a JSON string, written to a temp file then renamed."""
+def checkpoint_bytes(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
+    """The bytes `save_checkpoint` writes: np.savez of `arrays` plus `meta` as a JSON string."""
     payload = dict(arrays)
     payload[META_KEY] = np.array(json.dumps(_clean(meta)))
     buf = io.BytesIO()
     np.savez(buf, **payload)
-    write_atomic(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_checkpoint(
+    path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], data: bytes | None = None
+) -> None:
+    """`checkpoint_bytes(arrays, meta)` (or `data`, those bytes made earlier) written to a temp
+    file then renamed."""
+    write_atomic(path, checkpoint_bytes(arrays, meta) if data is None else data)
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

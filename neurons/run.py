@@ -102,6 +102,7 @@ class _Recorder:
         self.ckpt_dir = run_dir / rec.CHECKPOINTS
         self.wall0 = rows[-1]["wall"] if rows else 0.0
         self.snapshot: tuple[dict, dict] | None = None
+        self._bytes: bytes | None = None  # the snapshot serialised (see snapshot_bytes)
         self.every = int(cfg.train.checkpoint_every)
         self.checkpoints = True  # False under a debug preset with debug.checkpoints=false
 
@@ -114,6 +115,13 @@ class _Recorder:
             state.to_dict(),
             self.exp.rng.bit_generator.state,
         )
+        self._bytes = None
+
+    def snapshot_bytes(self) -> bytes:
+        """The snapshot serialised once, however many checkpoints (best, last) it becomes."""
+        if self._bytes is None:
+            self._bytes = rec.checkpoint_bytes(*self.snapshot)  # type: ignore[misc]
+        return self._bytes
 
     def write_last(self) -> None:
         if self.snapshot is None or not self.checkpoints:
@@ -122,7 +130,7 @@ class _Recorder:
         if bad:  # never replace a good checkpoint with one holding NaN/Inf
             log.error("not saving a checkpoint with non-finite %s", ", ".join(bad[:3]))
             return
-        rec.save_checkpoint(self.ckpt_dir / rec.LAST, *self.snapshot)
+        rec.save_checkpoint(self.ckpt_dir / rec.LAST, *self.snapshot, self.snapshot_bytes())
 
     def __call__(self, state: TrainState, row: dict, improved: bool) -> None:
         self.wall0 += row["seconds"]
@@ -131,7 +139,9 @@ class _Recorder:
         rec.append_metrics(self.run_dir, row)
         self.take_snapshot(state)
         if improved and self.checkpoints:
-            rec.save_checkpoint(self.ckpt_dir / rec.BEST, *self.snapshot)  # type: ignore[misc]
+            rec.save_checkpoint(  # type: ignore[misc]
+                self.ckpt_dir / rec.BEST, *self.snapshot, self.snapshot_bytes()
+            )
         if self.every and state.epoch % self.every == 0:
             self.write_last()
         total = int(self.cfg.train.epochs)
@@ -254,6 +264,8 @@ def _summary(
         "train_seconds": float(sum(secs)),
         "seconds_per_epoch": float(np.mean(secs)) if secs else None,
         "threads": threads,
+        "engine_path": state.engine_path or None,  # compiled | tape (neurons.plan)
+        "engine_fallback": state.engine_fallback,
         "versions": _versions(),
         "seed": int(cfg.seed),
         "objective": exp.objective_name,

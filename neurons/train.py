@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from neurons import plan as planning
 from neurons.graph import Network
 from neurons.kernels import Array
+from neurons.kernels import program as pk
+from neurons.kernels.activations import ACTIVATIONS
 from neurons.layers import Context
 from neurons.optim import clip_by_value, clip_grad_norm
 
@@ -70,6 +73,7 @@ class TrainConfig:
     clip_norm: float | None = None  # rescale parameter gradients to this global L2 norm
     early_stopping: EarlyStopping | None = None
     loss_average: str = "sample"  # train_loss: "sample" mean, or "batch" (mean of batch means)
+    engine: str = "auto"  # auto | tape | compiled (see neurons.plan.fit_fallback)
 
 
 @dataclass
@@ -83,6 +87,8 @@ class TrainState:
     wait: int = 0
     stopped_early: bool = False
     best_state: dict[str, Array] | None = field(default=None, repr=False)
+    engine_path: str = ""  # "compiled" or "tape": which path the last `fit` ran (not saved)
+    engine_fallback: str | None = None  # why the tape path ran, when it did
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,14 +120,29 @@ def evaluate(
     batch_size: int = 512,
     recurrent: bool = True,
     skips: bool = True,
+    engine: str = "auto",
 ) -> tuple[float, float]:
-    """Mean per-sample loss and accuracy (argmax match; NaN for regression) over (x, y)."""
+    """Mean per-sample loss and accuracy (argmax match; NaN for regression) over (x, y).
+
+    `engine`: auto runs networks with a compiled program through it (one kernel call for all
+    of x), tape always uses `Network.forward`; the outputs agree to rounding.
+    """
     fused = model.head is not None and model.head == getattr(objective, "fused_activation", None)
     losses, hits = [], 0
+    fast = None
+    if engine != "tape" and len(x):
+        rows = min(batch_size, len(x))
+        if engine == "compiled" or model.n_params() * rows <= planning.AUTO_LIMIT:
+            fast = planning.compiled_for(model, recurrent, skips)
     for s in range(0, len(x), batch_size):
         xb = x[s : s + batch_size].astype(model.dtype, copy=False)
         yb = y[s : s + batch_size].astype(model.dtype, copy=False)
-        out, _ = model.forward(xb, recurrent=recurrent, skips=skips, logits=fused)
+        if fast is not None:
+            out = fast.forward(xb, batch_size).reshape(len(xb), *model.output_shape)
+            if model.head is not None and not fused:
+                out = ACTIVATIONS[model.head][0](out)[0]
+        else:
+            out, _ = model.forward(xb, recurrent=recurrent, skips=skips, logits=fused)
         if fused:
             losses.append(objective.per_sample_logits(out, yb))
         else:
@@ -165,6 +186,41 @@ def train_step(
     return float(loss), out
 
 
+def _compiled_epoch(
+    trainer: planning.CompiledTrainer,
+    model: Network,
+    order: Array,
+    epoch: int,
+    n_batches: int,
+    state: TrainState,
+    cfg: TrainConfig,
+    on_batch: Callable[[int, int, float], None] | None,
+) -> tuple[float, int]:
+    """One epoch through the kernel: (loss sum as the tape path adds it, hits); the same
+    NonFiniteLoss messages (epoch, batch, step) as `train_step` inside `fit`. `on_batch` gets
+    the calls the tape path makes, in order, after the kernel returns."""
+    status, b, hits, steps, losses = trainer.epoch(order)
+    state.step += steps
+    for k in range(steps if on_batch is not None else 0):
+        on_batch(k + 1, n_batches, float(losses[k]))
+    if status != pk.OK:
+        if status == pk.BAD_LOSS:
+            what = f"training loss is {float(losses[b])}"
+        else:
+            bad = nonfinite(model.named_grads())
+            what = f"gradient of {', '.join(bad[:3])} is not finite"
+        raise NonFiniteLoss(
+            f"{what} at epoch {epoch}, batch {b + 1} of {n_batches} "
+            f"(step {state.step + 1}); {_HINT}"
+        )
+    bs, n = int(cfg.batch_size), len(order)
+    loss_sum = 0.0
+    for k in range(n_batches):
+        loss = float(losses[k])
+        loss_sum += loss if cfg.loss_average == "batch" else loss * (min(bs, n - k * bs))
+    return loss_sum, hits
+
+
 def fit(
     model: Network,
     objective: Any,
@@ -200,6 +256,18 @@ def fit(
     dtype = model.dtype
     fused = model.head is not None and model.head == getattr(objective, "fused_activation", None)
     start_epoch = getattr(optimizer, "start_epoch", None)  # neurons.compat: t = epoch
+    why = planning.fit_fallback(model, objective, optimizer, cfg, classification)
+    if start_epoch is not None and why is None:
+        why = "the optimizer's start_epoch hook runs on the tape"
+    trainer = None
+    if why is None:
+        trainer = planning.CompiledTrainer(
+            model, objective, optimizer, x_train, y_train, cfg, classification
+        )
+    state.engine_path, state.engine_fallback = (
+        ("tape", why) if trainer is None else ("compiled", None)
+    )
+    engine = "tape" if cfg.engine == "tape" else "auto"
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if schedule is not None:
             optimizer.lr = float(schedule(epoch - 1))
@@ -208,7 +276,11 @@ def fit(
         t0 = time.perf_counter()
         order = rng.permutation(n) if cfg.shuffle else np.arange(n)
         loss_sum, hits = 0.0, 0
-        for b in range(n_batches):
+        if trainer is not None:
+            loss_sum, hits = _compiled_epoch(
+                trainer, model, order, epoch, n_batches, state, cfg, on_batch
+            )
+        for b in range(n_batches if trainer is None else 0):
             idx = order[b * bs : (b + 1) * bs]
             xb = x_train[idx].astype(dtype, copy=False)
             yb = y_train[idx].astype(dtype, copy=False)
@@ -252,6 +324,7 @@ def fit(
                 y_val,
                 classification=classification,
                 batch_size=cfg.eval_batch_size,
+                engine=engine,
             )
         for key in ("val_loss", "val_acc") if evaluated else ():
             if not math.isfinite(row[key]) and not (key == "val_acc" and not classification):
