@@ -92,6 +92,7 @@ def main() -> None:
         print(f"neurons: {e}", file=sys.stderr)
         sys.exit(2)
     sys.argv[1:] = normalize_overrides(rest)
+    sweep.compose_each_job_once()
     try:
         with signals_as_interrupt():  # SIGTERM and Ctrl-C are interrupts from the very start
             _job()

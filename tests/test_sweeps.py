@@ -326,3 +326,50 @@ def test_slurm_preset_is_complete_and_overridable():
     assert got["_target_"].endswith("SlurmLauncher")
     want = {"partition": "gpu", "timeout_min": 7, "cpus_per_task": 3, "mem_gb": 5}
     assert {k: got[k] for k in want} == want and got["array_parallelism"] == 9
+
+
+_COUNT_COMPOSES = textwrap.dedent(
+    """
+    import sys
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    orig, calls = ConfigLoaderImpl.load_configuration, []
+    def counted(self, *a, **k):
+        calls.append(1)
+        return orig(self, *a, **k)
+    ConfigLoaderImpl.load_configuration = counted
+    sys.argv = ["neurons", *sys.argv[1:]]
+    from neurons.__main__ import main
+    try:
+        main()
+    finally:
+        print("COMPOSES", len(calls), file=sys.stderr)
+    """
+)
+
+
+def test_a_serial_sweep_composes_each_job_once(tmp_path):
+    """Hydra validates the batch (one compose per job) and the basic launcher composes each job
+    again; the second is served from the first, and each job still gets its own config."""
+    sweep = tmp_path / "sweep"
+    p = subprocess.run(
+        [sys.executable, "-c", _COUNT_COMPOSES, "-m", *IRIS, "train.epochs=1", "seed=0,1,2"]
+        + [f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    _ok(p)
+    composes = int(p.stderr.rsplit("COMPOSES", 1)[1].split()[0])
+    assert composes == 2 + 3  # Hydra's mode probe + the primary config, then 3 (not 6) jobs
+    found = {
+        d.name: yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
+        for d in jobs(sweep).values()
+    }
+    assert sorted(c["seed"] for c in found.values()) == [0, 1, 2]
+    hydra = [
+        yaml.safe_load((d / ".hydra" / "hydra.yaml").read_text()) for d in jobs(sweep).values()
+    ]
+    assert sorted(h["hydra"]["job"]["num"] for h in hydra) == [0, 1, 2]
+    assert all(status(d) == "completed" for d in jobs(sweep).values())

@@ -168,8 +168,8 @@ def _fit_normalizer(method: str, x: np.ndarray, pixel_max: float | None):
         mean = x.mean(axis=axes, keepdims=True, dtype=np.float64).astype(np.float32)
         std = x.std(axis=axes, keepdims=True, dtype=np.float64).astype(np.float32)
         return mean[0], _safe_divisor(std)[0], "standardize(train mean/std)"
-    lo = x.min(axis=axes, keepdims=True)
-    hi = x.max(axis=axes, keepdims=True)
+    lo = x.min(axis=axes, keepdims=True).astype(np.float32)
+    hi = x.max(axis=axes, keepdims=True).astype(np.float32)
     return lo[0], _safe_divisor(hi - lo)[0], "minmax(train min/max)"
 
 
@@ -254,16 +254,25 @@ def prepare_inputs(splits: _Splits, cfg: DatasetConfig, name: str) -> dict[str, 
     spec = DATASETS[cfg.name]
     method = cfg.normalize or spec.normalize
     train = splits.train.x
-    pooled_train = downsample(train, factor) if factor > 1 else train.astype(np.float32, copy=False)
+    # statistics straight from the source dtype (e.g. uint8 pixels): no float copy to fit on
+    if factor > 1:
+        pooled_train = downsample(train, factor)
+    elif train.dtype in (np.uint8, np.float32):
+        pooled_train = train
+    else:  # statistics of the float32 values the network sees, as before any copy
+        pooled_train = train.astype(np.float32)
     shift, div, how = _fit_normalizer(method, pooled_train, spec.pixel_max)
     splits.notes.insert(0, f"normalize={how}")
     if cfg.flatten:
         splits.notes.append("flatten")
 
     def prep(s: np.ndarray, pooled: bool = False) -> np.ndarray:
-        if factor > 1 and not pooled:
-            s = downsample(s, factor)
-        out = ((s.astype(np.float32, copy=False) - shift) / div).astype(np.float32, copy=False)
+        if factor > 1:
+            out = s if pooled else downsample(s, factor)  # a new float32 array either way
+        else:
+            out = s.astype(np.float32)  # our own copy, normalised in place: one float32 array
+        out -= shift
+        out /= div
         return out.reshape(out.shape[0], -1) if cfg.flatten else out  # (N, ...) -> (N, D)
 
     x_train, x_val, x_test = splits.prepared("x", prep(pooled_train, pooled=True), prep)
