@@ -11,6 +11,9 @@ prints a table with the ratio ours/PyTorch (lower is better). The PyTorch child 
 this package. `--numpy-first` also times ours in a child that imports numpy before neurons
 (what notebooks do), with OPENBLAS_THREAD_TIMEOUT unset, to show the import order costs
 nothing. GFLOP/s counts forward + backward multiply-adds analytically (`flops_per_sample`).
+After the table, start-up (cold: empty numba and bytecode caches; cached) and the peak memory of
+a Fashion-MNIST run, each through the real CLI in a fresh process (`neurons.bench_process`;
+`--process no` skips them, `--process only` prints only them).
 Needs torch; it is a script, never a test, and no part of the package depends on torch.
 """
 
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from neurons.bench_process import process_tables
 from neurons.config import build_network
 from neurons.data import DatasetConfig, load_dataset
 from neurons.objectives import make_objective
@@ -346,11 +350,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--numpy-first", action="store_true", help="also time ours with numpy imported first"
     )
+    p.add_argument(
+        "--process",
+        choices=("yes", "no", "only"),
+        default="yes",
+        help="also (or only) time start-up (cold and cached) and peak memory through the CLI",
+    )
     p.add_argument("--child", nargs=2, metavar=("SIDE", "WORKLOAD"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         side, key = args.child
         print(json.dumps(_child(side, key, args.threads, args.epochs, args.limit)))
+        return 0
+    if args.process == "only":
+        print(process_tables(max(args.rounds, 1)))
         return 0
     keys = [k.strip() for k in args.workloads.split(",")]
     bad = [k for k in keys if k not in WORKLOADS]
@@ -398,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
             nf = m["ours_numpy_first"]
             row += f" {nf:.3f} | {nf / m['ours']:.2f} |"
         print(row)
+    if args.process == "yes":
+        print()
+        print(process_tables(max(args.rounds, 1)))
     return 0
 
 
