@@ -130,3 +130,8 @@ def format_memory(m: dict) -> list[str]:
         f"| run peak above that base | {(m['peak'] - m['base']) / mb:.0f} "
         f"({m['over_base']:.2f}x the dataset) |",
     ]
+
+
+def process_tables(rounds: int = 2) -> str:
+    """Both tables as Markdown: start-up (cold, cached) and the Fashion-MNIST memory peak."""
+    return "\n".join([*format_startup(startup(rounds)), "", *format_memory(memory())])
