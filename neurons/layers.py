@@ -394,6 +394,7 @@ class NormConv2d(_OutputScale, Conv2d):
     """
 
     kind = "normconv"
+    _fuse = False  # tan(W), the 1/n_in and the output scale live in _lin_forward
 
     def __init__(
         self, *args: Any, scale: float | None = None, bias: bool = False, **kwargs: Any

@@ -7,6 +7,7 @@ step) -> evaluate -> early stopping -> callbacks. Run records are the callbacks'
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from neurons.kernels import program as pk
 from neurons.kernels.activations import ACTIVATIONS
 from neurons.layers import Context
 from neurons.optim import clip_by_value, clip_grad_norm
+from neurons.runtime import blas_threads, blas_threads_for
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -221,6 +223,19 @@ def _compiled_epoch(
     return loss_sum, hits
 
 
+def _blas_for_model(fn: Callable) -> Callable:
+    """Run `fn(model, ...)` with BLAS on numba's threads when `model` has no conv/pool layers,
+    else on one (`runtime.blas_threads_for`); restored afterwards."""
+
+    @functools.wraps(fn)
+    def wrapper(model: Network, *args: Any, **kwargs: Any) -> Any:
+        with blas_threads(blas_threads_for(model)):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
+
+
+@_blas_for_model
 def fit(
     model: Network,
     objective: Any,
@@ -244,6 +259,7 @@ def fit(
     batch-mean loss, then evaluate on (x_val, y_val) every `cfg.eval_every` epochs. Metrics per
     epoch go to `callbacks` as a row: epoch, step, seconds, lr, train_loss, train_acc,
     val_loss, val_acc. Raises NonFiniteLoss (naming the epoch and batch) on a NaN/Inf loss.
+    BLAS runs on numba's threads for networks without conv/pool layers, else on one.
     """
     state = state or TrainState()
     es = cfg.early_stopping

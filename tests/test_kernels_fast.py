@@ -244,3 +244,48 @@ def test_bench_torch_model_of_e_computes_our_network(rng):
     ours, _ = net.forward(x, logits=True)
     theirs = model(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_blas_gets_numba_threads_only_for_networks_without_pool_kernels():
+    """An MLP's dense products are its whole step and no numba pool runs beside BLAS, so `fit`
+    gives BLAS numba's threads; a conv net keeps BLAS at one (its GEMMs run inside numba's
+    parallel loops). Restored afterwards."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    from neurons.config import build_network
+    from neurons.runtime import blas_threads, blas_threads_for, hold_blas
+
+    def blas() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    rng = np.random.default_rng(0)
+    out = {"kind": "dense", "units": "auto", "activation": "auto"}
+    mlp = build_network(
+        {"layers": [{"kind": "dense", "units": 8}], "output": out},
+        (4,),
+        3,
+        "classification",
+        "cross_entropy",
+        rng,
+    )
+    cnn = build_network(
+        {"layers": [{"kind": "conv", "filters": 1, "kernel_size": 3}], "output": out},
+        (1, 6, 6),
+        3,
+        "classification",
+        "cross_entropy",
+        rng,
+    )
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        hold_blas()
+        assert blas_threads_for(mlp) == 2 and blas_threads_for(cnn) == 1
+        with blas_threads(blas_threads_for(mlp)):
+            assert blas() == {2}
+        assert blas() == {1}
+        with blas_threads(blas_threads_for(cnn)):
+            assert blas() == {1}
+    finally:
+        numba.set_num_threads(old)
