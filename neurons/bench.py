@@ -58,17 +58,17 @@ def _conv(f: int) -> dict:
     return {"kind": "conv", "filters": f, "kernel_size": 3, "padding": 1, "activation": "relu"}
 
 
+# the original crate's MNIST CNN (the thesis grid's base): three 1-filter 3x3 convs -> 2x2 maxpool
+_CRATE_CNN = [{**_conv(1), "bias": False} for _ in range(3)] + [
+    {"kind": "maxpool", "kernel_size": 2}
+]
+
 WORKLOADS = {
     "a": Workload(
         "a",
         "crate MNIST CNN: 3x conv1 3x3 -> maxpool -> dense10, batch 32",
         "fashion_mnist",
-        [
-            {**_conv(1), "bias": False},
-            {**_conv(1), "bias": False},
-            {**_conv(1), "bias": False},
-            {"kind": "maxpool", "kernel_size": 2},
-        ],
+        _CRATE_CNN,
         32,
         1,
     ),
@@ -110,12 +110,7 @@ WORKLOADS = {
         "e",
         "thesis CNN COMBINE x3 + skip: (a) looped 3 passes, skip 1 -> 3, batch 32",
         "fashion_mnist",
-        [
-            {**_conv(1), "bias": False},
-            {**_conv(1), "bias": False},
-            {**_conv(1), "bias": False},
-            {"kind": "maxpool", "kernel_size": 2},
-        ],
+        _CRATE_CNN,
         32,
         1,
         skips=[{"from": 1, "to": 3, "merge": "add"}],
@@ -382,10 +377,13 @@ def main(argv: list[str] | None = None) -> int:
                     times[key][side].append(res["seconds"])
                     if side == "ours":
                         info[key] = res
-                got = ", ".join(f"{s} {times[key][s][-1]:.3f}" for s in sides)
+                got = ", ".join(f"{s} {times[key][s][-1]:.4g}" for s in sides)
                 print(f"  round {r + 1} ({key}): {got} s/epoch", flush=True)
     med = {k: {s: statistics.median(v) for s, v in times[k].items()} for k in keys}
-    print(f"\nthreads (numba and torch; BLAS runs single-threaded): {info[keys[-1]]['threads']}")
+    print(
+        f"\nthreads (numba and torch; BLAS on one, or numba's for (c) and (d)): "
+        f"{info[keys[-1]]['threads']}"
+    )
     print(f"rounds: {max(args.rounds, 1)} (medians); load average before the run: {_load()}")
     head = "| workload | samples | ours s/epoch | PyTorch s/epoch | ours/PyTorch | ours GFLOP/s |"
     rule = "|---|---:|---:|---:|---:|---:|"
@@ -404,12 +402,12 @@ def main(argv: list[str] | None = None) -> int:
             else f"{fl * ds_n * (w.epochs if key == 'd' else 1) / m['ours'] / 1e9:.1f}"
         )
         row = (
-            f"| ({key}) {w.title} | {ds_n} | {m['ours']:.3f} | {m['torch']:.3f} | "
+            f"| ({key}) {w.title} | {ds_n} | {m['ours']:.4g} | {m['torch']:.4g} | "
             f"{m['ours'] / m['torch']:.2f} | {gf} |"
         )
         if args.numpy_first:
             nf = m["ours_numpy_first"]
-            row += f" {nf:.3f} | {nf / m['ours']:.2f} |"
+            row += f" {nf:.4g} | {nf / m['ours']:.2f} |"
         print(row)
     if args.process == "yes":
         print()

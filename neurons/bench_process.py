@@ -1,9 +1,10 @@
 """Whole-process measurements for `python -m neurons.bench`: start-up time and peak memory.
 
-Each measurement runs the real CLI (`python -m neurons ...`) in a fresh child process from a
-temporary working directory, the way a user starts a run. Cold start-up gets an empty numba
-cache and an empty bytecode cache (a fresh install); cached start-up runs the same job again.
-Peak resident memory is the child's own `ru_maxrss` (os.wait4). Nothing here asserts a speed.
+Each measurement runs the CLI's `main` in a fresh child process from a temporary working
+directory, the way a user starts a run. Cold start-up gets an empty numba cache (a fresh
+install: pip compiles the bytecode when it installs); cached start-up runs the same job again.
+Peak resident memory is the child's own high-water mark (VmHWM, read by the child as it exits:
+on Linux a child's `ru_maxrss` starts at its parent's resident size). Asserts no speed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,25 @@ STARTUP_JOBS: dict[str, list[str]] = {
 MEMORY_JOB = ["dataset=fashion_mnist", "dataset.download=false", "arch=mlp_plain", "train.epochs=1"]
 
 
+# `python -m neurons ARGS`, plus the process's own peak resident memory written at exit
+_MAIN = """
+import atexit, sys
+from pathlib import Path
+out = Path(sys.argv.pop(1))
+def _hwm():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                out.write_text(str(int(line.split()[1]) * 1024))  # kB -> bytes
+    except OSError:
+        pass
+atexit.register(_hwm)
+sys.argv[0] = "neurons"
+from neurons.__main__ import main
+main()
+"""
+
+
 @dataclass
 class ProcessRun:
     """One finished CLI run: wall time from launch to exit, its own peak RSS, its summary."""
@@ -45,7 +65,8 @@ def run_cli(overrides: list[str], env: dict[str, str] | None = None) -> ProcessR
     """`python -m neurons <overrides>` in a fresh temp cwd; raises SystemExit if it fails."""
     with tempfile.TemporaryDirectory(prefix="neurons-bench-proc-") as tmp:
         run_dir = Path(tmp) / "run"
-        args = [sys.executable, "-m", "neurons", *overrides, "train.progress=false"]
+        hwm = Path(tmp) / "vmhwm"
+        args = [sys.executable, "-c", _MAIN, str(hwm), *overrides, "train.progress=false"]
         args.append(f"hydra.run.dir={run_dir}")
         err = Path(tmp) / "stderr.txt"
         with err.open("w") as err_f:
@@ -64,18 +85,16 @@ def run_cli(overrides: list[str], env: dict[str, str] | None = None) -> ProcessR
             tail = err.read_text(errors="replace")[-3000:]
             raise SystemExit(f"{' '.join(overrides)}: exit {proc.returncode}\n{tail}")
         summary = json.loads((run_dir / "summary.json").read_text())
-    return ProcessRun(wall, int(usage.ru_maxrss) * 1024, summary)  # ru_maxrss: KiB on Linux
+        peak = int(hwm.read_text()) if hwm.exists() else int(usage.ru_maxrss) * 1024
+    return ProcessRun(wall, peak, summary)
 
 
 def startup(rounds: int = 2) -> list[dict]:
-    """Per start-up job: cold (empty caches) and cached wall time of a one-epoch run (s)."""
+    """Per start-up job: cold (empty numba cache) and cached wall time of a one-epoch run (s)."""
     out = []
     for title, job in STARTUP_JOBS.items():
         with tempfile.TemporaryDirectory(prefix="neurons-bench-cache-") as cache:
-            env = {
-                "NUMBA_CACHE_DIR": str(Path(cache) / "numba"),
-                "PYTHONPYCACHEPREFIX": str(Path(cache) / "pyc"),
-            }
+            env = {"NUMBA_CACHE_DIR": str(Path(cache) / "numba")}
             cold = run_cli(job, env)
             cached = sorted(run_cli(job, env).wall for _ in range(max(rounds, 1)))
         out.append(
@@ -109,7 +128,7 @@ def memory() -> dict:
 
 def format_startup(rows: list[dict]) -> list[str]:
     lines = [
-        "| start-up (one-epoch run, launch to exit) | cold: empty caches | cached | target |",
+        "| start-up (one-epoch run, launch to exit) | cold: empty numba cache | cached | target |",
         "|---|---:|---:|---|",
     ]
     for r in rows:
