@@ -128,13 +128,31 @@ def configure(threads: int | None) -> dict[str, int | str]:
 def signals_held(signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
     """Hold `signals` back inside the block and deliver them when it ends (to whatever handler
     is then in force): for writes a signal must not cut in half (final records, a tracking
-    store's transaction). A no-op where the platform has no `pthread_sigmask`."""
+    store's transaction). The calling thread blocks them (`pthread_sigmask`), and in the main
+    thread their Python handlers are swapped for a recorder too: a process signal may be taken
+    by any other thread (TensorBoard's and MLflow's writers run some), and its Python handler
+    would then still run in the main thread in the middle of the block."""
+    import threading
+
+    held: list[int] = []
+    swapped: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in signals:
+            old = signal.getsignal(s)
+            if old is not None:
+                swapped[s] = old
+                signal.signal(s, lambda signum, frame: held.append(signum))
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        masked = True
     except (ValueError, OSError, AttributeError):
-        yield
-        return
+        masked = False
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+        if masked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)  # pending ones reach the recorder
+        for s, old in swapped.items():
+            signal.signal(s, old)
+        for s in dict.fromkeys(held):  # once each, to the handler now in force
+            signal.raise_signal(s)

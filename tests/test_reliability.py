@@ -526,3 +526,36 @@ def test_fuzz_csv_reader_only_raises_dataset_error(tmp_path, header, rows, junk)
         assert str(e).startswith(str(path))
     else:
         assert t.x.dtype == np.float32 and np.isfinite(t.x).all()
+
+
+def test_signals_held_also_defers_a_signal_another_thread_takes():
+    """A process signal may be taken by any thread that does not block it (TensorBoard's and
+    MLflow's writers run some); its Python handler would then run in the main thread in the
+    middle of the held block. It runs once, after the block."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from neurons.runtime import signals_held
+
+    got: list[int] = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+    try:
+
+        def unblocked_thread() -> None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+            time.sleep(0.3)
+
+        with signals_held():
+            t = threading.Thread(target=unblocked_thread)
+            t.start()
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            inside = list(got)
+        t.join()
+        assert inside == []
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, old)
