@@ -1,9 +1,11 @@
-"""Helpers shared by the CLI tests (plain functions; pytest puts tests/ on sys.path)."""
+"""Helpers shared by the tests (plain functions; pytest puts tests/ on sys.path)."""
 
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -35,3 +37,17 @@ def sigterm_after_epochs(
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=exit_wait)
+
+
+@contextmanager
+def conv_strategy(name: str) -> Iterator[None]:
+    """Force every conv call onto one code path, "direct" or "im2col" (the shape-based
+    dispatch is a speed choice; tests cover both)."""
+    from neurons.kernels import conv
+
+    old = conv.DIRECT_MAX_TAPS
+    conv.DIRECT_MAX_TAPS = 10**9 if name == "direct" else -1
+    try:
+        yield
+    finally:
+        conv.DIRECT_MAX_TAPS = old

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
+from helpers import conv_strategy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,15 +16,7 @@ DTYPES = [np.float32, np.float64]
 HYP = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@contextmanager
-def strategy(name: str):
-    """Force every conv call onto one code path (the shape-based dispatch is a speed choice)."""
-    old = conv.DIRECT_MAX_TAPS
-    conv.DIRECT_MAX_TAPS = 10**9 if name == "direct" else -1
-    try:
-        yield
-    finally:
-        conv.DIRECT_MAX_TAPS = old
+strategy = conv_strategy
 
 
 def close(got, want, dtype) -> None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import numba
 import numpy as np
 import pytest
+from helpers import conv_strategy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,15 +27,7 @@ def close(got, want, dtype) -> None:
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
 
 
-@contextmanager
-def strategy(name: str):
-    """Force every conv onto one path (as tests/test_kernels_conv.py does)."""
-    old = conv.DIRECT_MAX_TAPS
-    conv.DIRECT_MAX_TAPS = 10**9 if name == "direct" else -1
-    try:
-        yield
-    finally:
-        conv.DIRECT_MAX_TAPS = old
+strategy = conv_strategy
 
 
 @st.composite
