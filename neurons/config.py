@@ -134,6 +134,7 @@ def validate(cfg: DictConfig) -> None:
     _int("train.eval_every", t.eval_every, 1)
     _int("train.eval_batch_size", t.eval_batch_size, 1)
     _int("train.checkpoint_every", t.checkpoint_every, 0)
+    _num("train.checkpoint_min_seconds", t.checkpoint_min_seconds, lo=0.0)
     if t.threads is not None:
         _int("train.threads", t.threads, 1)
     if t.clip_value is not None:

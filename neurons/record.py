@@ -1,8 +1,8 @@
 """Run records: the files a run writes and the comparison module reads. Atomic writes only.
 
 A run directory holds `.hydra/` (Hydra's), METRICS (one row per epoch, appended with one
-fsynced write per row; a torn last line is ignored), SUMMARY (final/best/probe metrics,
-timing, threads, versions, data source),
+write per row and fsynced with each checkpoint; a torn last line is ignored), SUMMARY
+(final/best/probe metrics, timing, threads, versions, data source),
 STATUS (running | completed | failed | interrupted, with the error), LOG, and CHECKPOINTS/
 {last,best}.npz. The checkpoint layout lives here alone: arrays `model.<state key>` and
 `optim.<state key>`, and `__meta__` (JSON: epoch, train state, rng state); `allow_pickle=False`.
@@ -130,8 +130,9 @@ def write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
     write_atomic(Path(run_dir) / METRICS, _metrics_text(rows, header=True))
 
 
-def append_metrics(run_dir: Path, row: dict[str, float]) -> None:
-    """Append one row to METRICS with a single write, then fsync (O(1) per epoch).
+def append_metrics(run_dir: Path, row: dict[str, float], sync: bool = True) -> None:
+    """Append one row to METRICS with a single write, then fsync unless `sync=False` (O(1) per
+    epoch; the runner syncs with `sync_metrics` when it writes a checkpoint).
 
     A kill can at worst leave a torn last line without its newline, which `read_metrics`
     ignores; a failed write (full disk) is truncated back so the file stays whole.
@@ -149,13 +150,31 @@ def append_metrics(run_dir: Path, row: dict[str, float]) -> None:
         try:
             if os.write(fd, data) != len(data):
                 raise OSError(28, "short write (disk full?)")
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         except OSError as e:
             try:
                 os.ftruncate(fd, size)
             except OSError:
                 pass
             raise _write_error(path, e) from None
+    finally:
+        os.close(fd)
+
+
+def sync_metrics(run_dir: Path) -> None:
+    """fsync METRICS (rows appended with `sync=False`); RecordWriteError names the file."""
+    path = Path(run_dir) / METRICS
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise _write_error(path, e) from None
     finally:
         os.close(fd)
 

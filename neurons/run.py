@@ -9,6 +9,7 @@ job in a sweep leaves the others running. Hydra itself is only imported by `neur
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import signal
 import sys
@@ -104,7 +105,13 @@ class _Recorder:
         self.snapshot: tuple[dict, dict] | None = None
         self._bytes: bytes | None = None  # the snapshot serialised (see snapshot_bytes)
         self.every = int(cfg.train.checkpoint_every)
+        # at most one flush (metrics fsync, pending `best`, `last`) per this many seconds
+        self.min_seconds = float(cfg.train.checkpoint_min_seconds)
+        self.flushed_at = -math.inf  # time.monotonic() of the last flush
+        self.unsynced = False  # metrics rows appended since the last fsync
+        self.best: tuple[dict, dict] | None = None  # the best epoch's snapshot, not yet on disk
         self.checkpoints = True  # False under a debug preset with debug.checkpoints=false
+        self.total = int(cfg.train.epochs)  # read once: a DictConfig lookup costs ~20 us
 
     def take_snapshot(self, state: TrainState) -> None:
         net, opt = self.exp.network, self.exp.optimizer
@@ -124,8 +131,21 @@ class _Recorder:
         return self._bytes
 
     def write_last(self) -> None:
+        """Flush: fsync the metrics rows, write a pending `best`, then `last` from the snapshot.
+
+        Metrics first and `best` before `last`, so that whatever a crash leaves on disk agrees:
+        `last`'s train state never names a best epoch newer than `best.npz`.
+        """
+        self.flushed_at = time.monotonic()
+        if self.unsynced:
+            rec.sync_metrics(self.run_dir)
+            self.unsynced = False
         if self.snapshot is None or not self.checkpoints:
             return
+        if self.best is not None:
+            data = self.snapshot_bytes() if self.best is self.snapshot else None
+            rec.save_checkpoint(self.ckpt_dir / rec.BEST, *self.best, data)
+            self.best = None
         bad = rec.nonfinite_arrays(self.snapshot[0])
         if bad:  # never replace a good checkpoint with one holding NaN/Inf
             log.error("not saving a checkpoint with non-finite %s", ", ".join(bad[:3]))
@@ -136,15 +156,15 @@ class _Recorder:
         self.wall0 += row["seconds"]
         row = dict(row, wall=self.wall0)
         self.rows.append(row)
-        rec.append_metrics(self.run_dir, row)
+        rec.append_metrics(self.run_dir, row, sync=False)  # fsynced by the next flush
+        self.unsynced = True
         self.take_snapshot(state)
-        if improved and self.checkpoints:
-            rec.save_checkpoint(  # type: ignore[misc]
-                self.ckpt_dir / rec.BEST, *self.snapshot, self.snapshot_bytes()
-            )
-        if self.every and state.epoch % self.every == 0:
+        if improved and self.checkpoints:  # written by the next flush (at the latest, the end)
+            self.best = self.snapshot
+        due = time.monotonic() - self.flushed_at >= self.min_seconds
+        if self.every and state.epoch % self.every == 0 and due:
             self.write_last()
-        total = int(self.cfg.train.epochs)
+        total = self.total
         acc = "" if np.isnan(row["train_acc"]) else f" train_acc {row['train_acc']:.4f}"
         vacc = "" if np.isnan(row["val_acc"]) else f" val_acc {row['val_acc']:.4f}"
         log.info(

@@ -30,7 +30,8 @@ RESERVE = ".space-reserve"  # freed to record the final status when the disk is 
 RESERVE_BYTES = 64 * 1024
 RESUMABLE = ("interrupted", "failed", "killed")
 # Settings a resume may change: they cannot change the numbers of the epochs already run.
-RESUME_SAFE = ("train.progress", "train.checkpoint_every")
+_ABSENT = object()
+RESUME_SAFE = ("train.progress", "train.checkpoint_every", "train.checkpoint_min_seconds")
 _ATOMIC_TARGETS = (rec.STATUS, rec.METRICS, rec.SUMMARY, rec.LAST, rec.BEST)
 
 
@@ -250,12 +251,16 @@ def resume_config(saved: DictConfig, given: DictConfig, overrides: list[str]) ->
     """The config a resume runs: the saved one, plus only the overrides that cannot change results.
 
     `train.epochs` may grow (extending the run) unless the learning-rate schedule depends on it;
-    `train.progress` and `train.checkpoint_every` may change. Any other override that differs
-    from the saved value raises RunDirError naming every differing key.
+    `train.progress`, `train.checkpoint_every` and `train.checkpoint_min_seconds` may change.
+    Any other override that differs from the saved value raises RunDirError naming every
+    differing key.
     """
     cfg = saved.copy()
     changed: list[str] = []
     notes: list[str] = []
+    for key in RESUME_SAFE:  # a run saved before such a key existed takes today's value
+        if OmegaConf.select(saved, key, default=_ABSENT) is _ABSENT:
+            OmegaConf.update(cfg, key, OmegaConf.select(given, key), merge=False)
     for key in _override_keys(overrides):
         old, new = _value(saved, key), _value(given, key)
         if old == new:

@@ -63,6 +63,7 @@ class TrainConfigSchema:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     threads: int | None = None  # numba and BLAS threads; null = all cores
     checkpoint_every: int = 1  # epochs between `last` checkpoints (0 = only at the end)
+    checkpoint_min_seconds: float = 1.0  # at most one checkpoint per this many seconds
     progress: bool = True  # tqdm bars (only when stderr is a terminal)
     dtype: str = "float32"  # float32 | float64
     lsuv_batch: int = 512  # samples used by LSUV initialisation (layers with init: lsuv)

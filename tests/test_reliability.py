@@ -324,6 +324,45 @@ def test_enospc_writing_a_checkpoint_ends_failed_in_one_line(tmp_path, monkeypat
     assert not [p for p in (d / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("min_seconds", [0, 1e9])
+def test_checkpoints_follow_the_cadence_and_best_agrees_with_last(
+    tmp_path, monkeypatch, min_seconds
+):
+    """`train.checkpoint_min_seconds=0`: `last` (and the metrics fsync) every epoch; a cadence
+    longer than the run: `last` at epoch 0 and the end only, the pending `best` written with it,
+    and the metrics fsynced once. Either way `best.npz` holds the epoch `last` names as best."""
+    import neurons.run as run
+
+    written, synced = [], []
+    save, fsync = rec.save_checkpoint, os.fsync
+
+    def spy_save(path, arrays, meta, data=None):
+        written.append((Path(path).name, meta["epoch"]))
+        save(path, arrays, meta, data)
+
+    def spy_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(rec, "save_checkpoint", spy_save)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    d = tmp_path / "r"
+    cfg = compose("dataset=xor", "train.epochs=5", f"train.checkpoint_min_seconds={min_seconds}")
+    assert run.run_job(cfg, d, progress=False)
+    monkeypatch.undo()
+    last = [e for name, e in written if name == "last.npz"]
+    metrics_syncs = sum(s.endswith("/metrics.csv") for s in synced)
+    if min_seconds == 0:
+        assert sorted(set(last)) == [0, 1, 2, 3, 4, 5] and metrics_syncs == 5
+    else:
+        assert last == [0, 5] and metrics_syncs == 1
+        assert len([n for n, _ in written if n == "best.npz"]) == 1
+    _, last_meta = rec.load_run_checkpoint(d / "checkpoints" / "last.npz")
+    _, best_meta = rec.load_run_checkpoint(d / "checkpoints" / "best.npz")
+    assert best_meta["epoch"] == last_meta["train_state"]["best_epoch"] >= 1
+    assert [r["epoch"] for r in rec.read_metrics(d)] == [1, 2, 3, 4, 5]
+
+
 def test_a_disk_turning_read_only_mid_run_says_so_in_one_line(tmp_path, monkeypatch, capsys):
     """Every write fails with EROFS after the first epoch: the status cannot be recorded, so
     one line on stderr names the file and the cause; the files on disk stay valid."""
@@ -340,7 +379,8 @@ def test_a_disk_turning_read_only_mid_run_says_so_in_one_line(tmp_path, monkeypa
     monkeypatch.setattr(os, "fsync", fsync)
     d = tmp_path / "r"
     with np.errstate(all="ignore"):
-        ok = run.run_job(compose("dataset=xor", "train.epochs=3"), d, progress=False)
+        cfg = compose("dataset=xor", "train.epochs=3", "train.checkpoint_min_seconds=0")
+        ok = run.run_job(cfg, d, progress=False)
     monkeypatch.undo()
     assert ok is False
     err = capsys.readouterr().err.strip().splitlines()

@@ -190,8 +190,8 @@ def test_concurrent_runs_and_resume_refusals_on_one_directory(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_leaves_a_resumable_run_and_a_torn_checkpoint_falls_back(tmp_path):
-    run = tmp_path / "k"
-    args = [*FAST, "train.epochs=40", f"hydra.run.dir={run}"]
+    run = tmp_path / "k"  # a checkpoint every epoch, so `best.npz` is on disk when it is killed
+    args = [*FAST, "train.epochs=40", "train.checkpoint_min_seconds=0", f"hydra.run.dir={run}"]
     a = start(*args)
     wait_rows(run, 3, a)
     a.kill()
