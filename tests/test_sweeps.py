@@ -330,39 +330,49 @@ def test_slurm_preset_is_complete_and_overridable():
 
 _COUNT_COMPOSES = textwrap.dedent(
     """
-    import sys
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    orig, calls = ConfigLoaderImpl.load_configuration, []
-    def counted(self, *a, **k):
-        calls.append(1)
-        return orig(self, *a, **k)
-    ConfigLoaderImpl.load_configuration = counted
-    sys.argv = ["neurons", *sys.argv[1:]]
-    from neurons.__main__ import main
-    try:
-        main()
-    finally:
-        print("COMPOSES", len(calls), file=sys.stderr)
+    import os
+    if os.environ.get("COUNT_COMPOSES_FILE"):  # every process of the sweep, its workers too
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        orig = ConfigLoaderImpl.load_configuration
+        def counted(self, *a, **k):
+            with open(os.environ["COUNT_COMPOSES_FILE"], "a") as f:
+                f.write(f"{os.getpid()}\\n")
+            return orig(self, *a, **k)
+        ConfigLoaderImpl.load_configuration = counted
     """
 )
 
 
-def test_a_serial_sweep_composes_each_job_once(tmp_path):
-    """Hydra validates the batch (one compose per job) and the basic launcher composes each job
-    again; the second is served from the first, and each job still gets its own config."""
+@pytest.mark.parametrize(
+    "launcher",
+    [[], ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"]],
+    ids=["basic", "joblib"],
+)
+def test_a_sweep_composes_each_job_once(tmp_path, launcher):
+    """Hydra validates the batch (one compose per job), then the basic launcher composes each
+    job again and the joblib plugin's workers would too; both are served from the first compose
+    in the launching process (the joblib workers get the composed config), and each job still
+    gets its own config, job number and run."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_COUNT_COMPOSES)
+    counts = tmp_path / "composes.txt"
+    env = dict(ENV, COUNT_COMPOSES_FILE=str(counts))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")])
     sweep = tmp_path / "sweep"
-    p = subprocess.run(
-        [sys.executable, "-c", _COUNT_COMPOSES, "-m", *IRIS, "train.epochs=1", "seed=0,1,2"]
-        + [f"hydra.sweep.dir={sweep}"],
+    p = subprocess.Popen(
+        [sys.executable, "-m", "neurons", "-m", *IRIS, "train.epochs=1", "seed=0,1,2"]
+        + [*launcher, f"hydra.sweep.dir={sweep}"],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
-        timeout=600,
+        env=env,
     )
-    _ok(p)
-    composes = int(p.stderr.rsplit("COMPOSES", 1)[1].split()[0])
-    assert composes == 2 + 3  # Hydra's mode probe + the primary config, then 3 (not 6) jobs
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    pids = counts.read_text().split()
+    assert len(pids) == 2 + 3  # Hydra's mode probe + the primary config, then 3 (not 6) jobs
+    assert set(pids) == {str(p.pid)}  # none in a worker
     found = {
         d.name: yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
         for d in jobs(sweep).values()
@@ -373,3 +383,9 @@ def test_a_serial_sweep_composes_each_job_once(tmp_path):
     ]
     assert sorted(h["hydra"]["job"]["num"] for h in hydra) == [0, 1, 2]
     assert all(status(d) == "completed" for d in jobs(sweep).values())
+    if launcher:  # the plugin's own job ids, and each job's share of the cores
+        assert sorted(h["hydra"]["job"]["id"] for h in hydra) == [f"neurons_{i}" for i in range(3)]
+        threads = [
+            json.loads((d / "summary.json").read_text())["threads"] for d in jobs(sweep).values()
+        ]
+        assert all(t["numba"] == max(1, cores() // 2) for t in threads)
