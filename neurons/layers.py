@@ -21,6 +21,8 @@ from neurons.kernels import conv as convk
 from neurons.kernels import pool as poolk
 from neurons.kernels.activations import ACTIVATION_PARAM, ACTIVATIONS
 from neurons.kernels.dense import (
+    crate_dense_backward,
+    crate_dense_forward,
     dense_backward,
     dense_forward,
     tan_dense_backward,
@@ -92,6 +94,11 @@ class Layer(abc.ABC):
     @abc.abstractmethod
     def backward(self, dy: Array, cache: Cache, gscale: float = 1.0) -> Array:
         """Add gscale * parameter gradients into self.grads; return dx."""
+
+    def backward_params(self, dy: Array, cache: Cache, gscale: float = 1.0) -> None:
+        """`backward` for a layer whose dx nobody reads (it reads the network input): only the
+        parameter gradients. Layers that can skip the dx work override this."""
+        self.backward(dy, cache, gscale)
 
     def _acc(self, name: str, g: Array, gscale: float) -> None:
         self.grads[name] += g if gscale == 1.0 else g * gscale
@@ -187,6 +194,7 @@ class Dense(Affine):
         super().__init__(**kwargs)
         self.units = int(units)
         self.bias = bool(bias)
+        self.sum_order = "blas"  # "crate": compat mode's left-to-right sums (kernels/dense.py)
 
     def _build(self, in_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> Shape:
         if self.units < 1:
@@ -200,16 +208,34 @@ class Dense(Affine):
     def _lin_forward(self, x: Array) -> tuple[Array, Cache]:
         shape = x.shape
         x2 = x.reshape(shape[0], -1)  # (N, *in_shape) -> (N, D_in): automatic flatten
-        z, c = dense_forward(x2, self.params["w"], self.params.get("b"))
+        fwd = crate_dense_forward if self.sum_order == "crate" else dense_forward
+        z, c = fwd(x2, self.params["w"], self.params.get("b"))
         return z, (c, shape)
 
     def _lin_backward(self, dz: Array, cache: Cache, gscale: float) -> Array:
         c, shape = cache
-        dx, dw, db = dense_backward(dz, c)
+        bwd = crate_dense_backward if self.sum_order == "crate" else dense_backward
+        dx, dw, db = bwd(dz, c)
         self._acc("w", dw, gscale)
         if db is not None:
             self._acc("b", db, gscale)
         return dx.reshape(shape)  # (N, D_in) -> (N, *in_shape)
+
+    def backward_params(self, dy: Array, cache: Cache, gscale: float = 1.0) -> None:
+        """dw (and db) only: `x.T @ dz` without the `dz @ w.T` that nobody reads."""
+        own = (
+            type(self).backward is Dense.backward
+            and type(self)._lin_backward is Dense._lin_backward
+        )
+        if not own or self.sum_order == "crate":  # a subclass's own backward; compat's sums
+            self.backward(dy, cache, gscale)
+            return
+        c1, c2 = cache
+        dz = ACTIVATIONS[self.activation][1](dy, c2)
+        (x, _, has_bias), _ = c1
+        self._acc("w", x.T @ dz, gscale)
+        if has_bias:
+            self._acc("b", dz.sum(axis=0), gscale)
 
     def describe(self) -> str:
         return f"dense({self.units}{'' if self.bias else ', no bias'})[{self.activation}]"

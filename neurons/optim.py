@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from neurons.kernels import optim as kopt
+
 Params = dict[str, np.ndarray]
 REQUIRED: Any = object()  # an `HParam` default: the hyper-parameter must be given
 
@@ -356,6 +358,11 @@ class Adam(Optimizer):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
 
     def _update(self, key: str, p: np.ndarray, g: np.ndarray) -> None:
+        if self.fused and not self.amsgrad and p.size >= kopt.FUSED_MIN_SIZE:
+            m, v = self._buf("exp_avg", key, p), self._buf("exp_avg_sq", key, p)
+            if p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
+                self._fused_update(p, np.ascontiguousarray(g), m, v)
+                return
         b1, b2 = self.betas
         if self.weight_decay != 0:
             if self.decoupled:
@@ -375,6 +382,28 @@ class Adam(Optimizer):
             v = vmax
         denom = np.sqrt(v) / bias_correction2_sqrt + self.eps
         p += (-self.lr / bias_correction1) * (m / denom)
+
+    fused = True  # large float parameters: one numba pass (kernels/optim.py), bit-identical
+
+    def _fused_update(self, p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
+        """The update above in one pass (`neurons.kernels.optim.adam_update`); all contiguous."""
+        b1, b2 = self.betas
+        f = p.dtype.type  # numpy rounds each Python scalar to the array's dtype first
+        wd = self.weight_decay
+        kopt.adam_update(
+            p.reshape(-1),  # (size,) views of contiguous arrays: the updates land in p, m, v
+            g.reshape(-1),
+            m.reshape(-1),
+            v.reshape(-1),
+            f(1 - b1),
+            f(b2),
+            f(1 - b2),
+            f(math.sqrt(1 - b2**self.t)),
+            f(self.eps),
+            f(-self.lr / (1 - b1**self.t)),
+            f(wd if wd != 0 and not self.decoupled else 0),
+            f(1 - self.lr * wd if wd != 0 and self.decoupled else 1),
+        )
 
 
 class AdamW(Adam):

@@ -168,7 +168,8 @@ def train_step(
     """One minibatch: forward, batch-mean loss, backward, clipping, one optimizer step."""
     fused = model.head is not None and model.head == getattr(objective, "fused_activation", None)
     model.zero_grad()
-    out, tape = model.forward(xb, Context(train=True, rng=rng), record=True, logits=fused)
+    ctx = Context(train=True, rng=rng)
+    out, tape = model.forward(xb, ctx, record=True, logits=fused, input_grad=False)
     if fused:
         loss, dout = objective.loss_grad_logits(out, yb)
     else:

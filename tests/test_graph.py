@@ -224,3 +224,65 @@ def test_summary_and_state_dict_round_trip(rng):
     assert not np.allclose(net.forward(x)[0], before)
     net.load_state_dict(state)
     np.testing.assert_array_equal(net.forward(x)[0], before)
+
+
+def _first_block_net(rng):
+    block = Feedback([Dense(4, activation="tanh"), Dense(5, activation="tanh")], loops=2)
+    return Network([block, Dense(3)]).build((5,), rng, np.float64)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rng: mlp(rng),
+        lambda rng: Network(
+            [Dense(5, activation="tanh"), Dense(4, activation="tanh"), Dense(3)],
+            skips=[Skip(0, 1, "multiply")],
+        ).build((5,), rng, np.float64),
+        lambda rng: Network(
+            [Dense(5, activation="tanh"), Dense(5, activation="tanh"), Dense(3)],
+            loops=[Loop(src=1, dst=0, iterations=2, inskip=True)],
+        ).build((5,), rng, np.float64),
+        lambda rng: Network(
+            [Conv2d(1, 3, padding=1, activation="relu"), Conv2d(1, 3, padding=1), Dense(3)],
+            loops=[Loop(src=1, dst=0, iterations=2)],
+            skips=[Skip(0, 2)],
+        ).build((1, 4, 4), rng, np.float64),
+        _first_block_net,
+        lambda rng: feedback_net(rng, inskips=True, outskips=True),
+    ],
+    ids=["plain", "skip-from-input", "loop-into-layer-0", "cnn-loop", "feedback-first", "fb"],
+)
+def test_training_pass_without_input_grad_gives_the_same_parameter_gradients(
+    make, rng, monkeypatch
+):
+    """`input_grad=False` (what train_step records) skips the dx of the layers that read the
+    network input, and every parameter gradient stays what full backprop gives."""
+    import neurons.layers as layers_mod
+
+    net = make(rng)
+    x = rng.standard_normal((4, *net.input_shape))
+    g = rng.standard_normal((4, 3))
+
+    def grads(input_grad):
+        net.zero_grad()
+        ctx = Context(train=True, rng=np.random.default_rng(0))
+        _, tape = net.forward(x, ctx, record=True, input_grad=input_grad)
+        net.backward(g, tape)
+        return {k: v.copy() for k, v in net.named_grads().items()}
+
+    full = grads(True)
+    calls = []
+    real = layers_mod.dense_backward
+    monkeypatch.setattr(layers_mod, "dense_backward", lambda *a: calls.append(1) or real(*a))
+    cut = grads(False)
+    assert full.keys() == cut.keys()
+    for k in full:
+        np.testing.assert_allclose(cut[k], full[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    calls.clear()
+    grads(True)
+    with_dx = len(calls)
+    calls.clear()
+    grads(False)
+    if isinstance(net.layers[0], Dense):  # the input layer's dx was skipped
+        assert len(calls) < with_dx

@@ -73,6 +73,55 @@ def test_dense_gradcheck(activation, bias, rng):
     layer_gradcheck(Dense(4, bias=bias, activation=activation), (5,), rng)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_in_the_crates_summation_order_gradcheck(bias, rng):
+    """compat mode's Dense (sum_order="crate"): the same maths, other kernels."""
+    layer = Dense(4, bias=bias, activation="relu")
+    layer.sum_order = "crate"
+    layer_gradcheck(layer, (5,), rng)
+
+
+def test_crate_order_kernels_add_left_to_right_in_float32(rng):
+    """Bit for bit the obvious loops (float32 adds in order, one rounding per add), and close
+    to BLAS; a parameter-only backward gives the same weight gradient."""
+    from neurons.kernels.dense import crate_matmul, crate_matmul_t, crate_outer_sum
+
+    x = rng.standard_normal((3, 7)).astype(np.float32)
+    w = rng.standard_normal((7, 5)).astype(np.float32)
+    dy = rng.standard_normal((3, 5)).astype(np.float32)
+
+    def loops(a, b, shape, at):  # out[p, q] = sum over k in order of a[at_a] * b[at_b]
+        out = np.zeros(shape[:2], np.float32)
+        for p_ in range(shape[0]):
+            for q in range(shape[1]):
+                acc = np.float32(0)
+                for k in range(shape[2]):
+                    ia, ib = at(p_, q, k)
+                    acc = np.float32(acc + np.float32(a[ia] * b[ib]))
+                out[p_, q] = acc
+        return out
+
+    assert np.array_equal(
+        crate_matmul(x, w), loops(w, x, (3, 5, 7), lambda s_, j, i: ((i, j), (s_, i)))
+    )
+    assert np.array_equal(
+        crate_matmul_t(dy, w), loops(w, dy, (3, 7, 5), lambda s_, i, j: ((i, j), (s_, j)))
+    )
+    assert np.array_equal(
+        crate_outer_sum(x, dy), loops(dy, x, (7, 5, 3), lambda i, j, s_: ((s_, j), (s_, i)))
+    )
+    np.testing.assert_allclose(crate_matmul(x, w), x @ w, rtol=1e-5, atol=1e-5)
+    layer = Dense(5, bias=True)
+    layer.build((7,), rng, np.float32)
+    layer.sum_order = "crate"
+    _, cache = layer.forward(x, Context())
+    layer.backward(dy, cache)
+    full = layer.grads["w"].copy()
+    layer.zero_grad()
+    layer.backward_params(dy, cache)
+    assert np.array_equal(layer.grads["w"], full)
+
+
 def test_dense_flattens_images(rng):
     layer = layer_gradcheck(Dense(3), (2, 3, 2), rng)
     assert layer.params["w"].shape == (12, 3)

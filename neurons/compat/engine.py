@@ -168,6 +168,9 @@ def prepare_network(net: Network, flags: CompatConfig, rng: np.random.Generator)
         if flags.softmax_backward or flags.objective:
             if type(last).forward is Affine.forward:
                 last.activation, net.head = "linear", "softmax"  # the objective takes logits
+    for _, layer in net.unique_layers():  # the crate's float32 sums, on any machine
+        if isinstance(layer, Dense):
+            layer.sum_order = "crate"
     net.compat = flags
     return groups
 
