@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 REPORTS = Path(__file__).resolve().parents[1] / "compare"
-EXPECTED = {"iris": ("experiment=compare_iris", 70), "fashion_mnist": ("dataset=fashion_mnist", 50)}
+EXPECTED = {"iris": ("experiment=compare_iris", 70), "fashion_mnist": ("dataset=fashion_mnist", 70)}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -47,6 +47,9 @@ def test_report_is_complete_and_consistent(name):
     curves = pd.read_csv(d / "curves.csv")
     table = pd.read_csv(d / "summary.csv")
     assert len(jobs) == n_jobs and jobs.complete.all()
+    if name == "fashion_mnist":  # the thesis settings: 40 epochs, early stopping, >= 5 seeds
+        assert set(jobs["train.epochs"]) == {40} and jobs.seed.nunique() >= 5
+        assert set(jobs["train.early_stopping.enabled"]) == {True}
     assert table.n_runs.sum() == n_jobs
     for _, row in table.iterrows():
         runs = jobs[jobs.variant == row.variant]
