@@ -27,7 +27,7 @@ from neurons import record as rec
 from neurons.config import ConfigError, Experiment, build_experiment, build_loggers
 from neurons.data import DatasetError
 from neurons.layers import BuildError
-from neurons.runtime import blas_threads_for, configure, signals_held
+from neurons.runtime import configure, signals_held
 from neurons.train import NonFiniteLoss, TrainState, evaluate, fit
 
 log = logging.getLogger("neurons")
@@ -283,7 +283,7 @@ def _summary(
         "wall_seconds": wall,
         "train_seconds": float(sum(secs)),
         "seconds_per_epoch": float(np.mean(secs)) if secs else None,
-        "threads": {**threads, "blas": blas_threads_for(net)},  # what `fit` ran BLAS on
+        "threads": threads,
         "engine_path": state.engine_path or None,  # compiled | tape (neurons.plan)
         "engine_fallback": state.engine_fallback,
         "versions": _versions(),

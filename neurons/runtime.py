@@ -92,32 +92,6 @@ def hold_blas() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-POOL_KINDS = frozenset({"conv", "deconv", "normconv", "maxpool", "avgpool"})
-"""Layer kinds whose kernels run numba's parallel loops (with single-threaded BLAS inside)."""
-
-
-def blas_threads_for(network: Any) -> int:
-    """BLAS threads while `network` (a `neurons.graph.Network`) trains or evaluates: numba's
-    thread count when none of its layers runs numba's parallel loops (an MLP: its dense products
-    are the step, and no numba pool runs next to BLAS's, so nothing spins against it), else 1."""
-    import numba
-
-    kinds = {layer.kind for _, layer in network.unique_layers()}
-    return 1 if kinds & POOL_KINDS else numba.get_num_threads()
-
-
-@contextmanager
-def blas_threads(n: int) -> Iterator[int]:
-    """Run the block with every BLAS at `n` threads (restored afterwards); a no-op for 1."""
-    if n <= 1:
-        yield 1
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield n
-
-
 def configure(threads: int | None) -> dict[str, int | str]:
     """Threads plus allocator tuning (and numba's compile lock); returns the threads in force."""
     tune_allocator()

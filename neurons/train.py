@@ -7,7 +7,6 @@ step) -> evaluate -> early stopping -> callbacks. Run records are the callbacks'
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from neurons.kernels import program as pk
 from neurons.kernels.activations import ACTIVATIONS
 from neurons.layers import Context
 from neurons.optim import clip_by_value, clip_grad_norm
-from neurons.runtime import blas_threads, blas_threads_for
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -224,19 +222,6 @@ def _compiled_epoch(
     return loss_sum, hits
 
 
-def _blas_for_model(fn: Callable) -> Callable:
-    """Run `fn(model, ...)` with BLAS on numba's threads when `model` has no conv/pool layers,
-    else on one (`runtime.blas_threads_for`); restored afterwards."""
-
-    @functools.wraps(fn)
-    def wrapper(model: Network, *args: Any, **kwargs: Any) -> Any:
-        with blas_threads(blas_threads_for(model)):
-            return fn(model, *args, **kwargs)
-
-    return wrapper
-
-
-@_blas_for_model
 def fit(
     model: Network,
     objective: Any,

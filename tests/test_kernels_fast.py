@@ -238,46 +238,40 @@ def test_bench_torch_model_of_e_computes_our_network(rng):
     np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
-def test_blas_gets_numba_threads_only_for_networks_without_pool_kernels():
-    """An MLP's dense products are its whole step and no numba pool runs beside BLAS, so `fit`
-    gives BLAS numba's threads; a conv net keeps BLAS at one (its GEMMs run inside numba's
-    parallel loops). Restored afterwards."""
+def test_fit_runs_blas_on_one_thread_for_every_network():
+    """One pool (numba's) owns the cores: during `fit` every BLAS stays at one thread, for an
+    MLP (on the tape: a 2-thread BLAS was slower at batch 16-256 on workload c) and a CNN."""
     import numba
     from threadpoolctl import threadpool_info
 
     from neurons.config import build_network
-    from neurons.runtime import blas_threads, blas_threads_for, hold_blas
+    from neurons.objectives import make_objective
+    from neurons.optim import make_optimizer
+    from neurons.runtime import configure
+    from neurons.train import TrainConfig, fit
 
-    def blas() -> set[int]:
-        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    seen: list[set[int]] = []
+
+    def record(state, row, improved):
+        seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
 
     rng = np.random.default_rng(0)
     out = {"kind": "dense", "units": "auto", "activation": "auto"}
-    mlp = build_network(
-        {"layers": [{"kind": "dense", "units": 8}], "output": out},
-        (4,),
-        3,
-        "classification",
-        "cross_entropy",
-        rng,
-    )
-    cnn = build_network(
-        {"layers": [{"kind": "conv", "filters": 1, "kernel_size": 3}], "output": out},
-        (1, 6, 6),
-        3,
-        "classification",
-        "cross_entropy",
-        rng,
-    )
     old = numba.get_num_threads()
     try:
-        numba.set_num_threads(2)
-        hold_blas()
-        assert blas_threads_for(mlp) == 2 and blas_threads_for(cnn) == 1
-        with blas_threads(blas_threads_for(mlp)):
-            assert blas() == {2}
-        assert blas() == {1}
-        with blas_threads(blas_threads_for(cnn)):
-            assert blas() == {1}
+        configure(2)
+        for layer, shape in [({"kind": "dense", "units": 300}, (4,)), (_CONV, (1, 6, 6))]:
+            net = build_network(
+                {"layers": [layer], "output": out}, shape, 3, "classification", "cross_entropy", rng
+            )
+            x = rng.standard_normal((64, *shape)).astype(np.float32)
+            y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 64)]
+            opt = make_optimizer("adam", net.named_parameters())
+            cfg = TrainConfig(epochs=1, batch_size=32, engine="tape")
+            fit(net, make_objective("cross_entropy"), opt, x, y, x, y, cfg, rng, callbacks=[record])
     finally:
         numba.set_num_threads(old)
+    assert seen == [{1}, {1}]
+
+
+_CONV = {"kind": "conv", "filters": 1, "kernel_size": 3}
