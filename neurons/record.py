@@ -148,8 +148,12 @@ def append_metrics(run_dir: Path, row: dict[str, float], sync: bool = True) -> N
     try:
         size = os.fstat(fd).st_size
         try:
-            if os.write(fd, data) != len(data):
-                raise OSError(28, "short write (disk full?)")
+            done = 0
+            while done < len(data):  # a short write: the next one raises the cause (ENOSPC)
+                k = os.write(fd, data[done:])
+                if k == 0:
+                    raise OSError(28, "No space left on device")
+                done += k
             if sync:
                 os.fsync(fd)
         except OSError as e:

@@ -84,7 +84,7 @@ def test_dense_in_the_crates_summation_order_gradcheck(bias, rng):
 def test_crate_order_kernels_add_left_to_right_in_float32(rng):
     """Bit for bit the obvious loops (float32 adds in order, one rounding per add), and close
     to BLAS; a parameter-only backward gives the same weight gradient."""
-    from neurons.kernels.dense import crate_matmul, crate_matmul_t, crate_outer_sum
+    from neurons.kernels.dense import crate_matmul, crate_outer_sum
 
     x = rng.standard_normal((3, 7)).astype(np.float32)
     w = rng.standard_normal((7, 5)).astype(np.float32)
@@ -105,7 +105,7 @@ def test_crate_order_kernels_add_left_to_right_in_float32(rng):
         crate_matmul(x, w), loops(w, x, (3, 5, 7), lambda s_, j, i: ((i, j), (s_, i)))
     )
     assert np.array_equal(
-        crate_matmul_t(dy, w), loops(w, dy, (3, 7, 5), lambda s_, i, j: ((i, j), (s_, j)))
+        crate_matmul(dy, w.T), loops(w, dy, (3, 7, 5), lambda s_, i, j: ((i, j), (s_, j)))
     )
     assert np.array_equal(
         crate_outer_sum(x, dy), loops(dy, x, (7, 5, 3), lambda i, j, s_: ((s_, j), (s_, i)))

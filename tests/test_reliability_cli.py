@@ -234,7 +234,8 @@ def test_a_disk_filling_up_mid_run_ends_failed_in_one_line(tmp_path):
         pytest.skip("cannot mount a tmpfs here")
     try:
         run = mnt / "run"
-        a = start(*FAST, "train.epochs=100000", f"hydra.run.dir={run}", stderr=tmp_path / "err")
+        args = [*FAST, "train.epochs=100000", "train.checkpoint_min_seconds=0"]  # every epoch
+        a = start(*args, f"hydra.run.dir={run}", stderr=tmp_path / "err")
         wait_rows(run, 2, a)
         fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
         try:  # fill the disk to the last byte

@@ -48,7 +48,8 @@ def tan_dense_backward(dy: Array, cache: Cache) -> tuple[Array, Array]:
 @numba.njit(cache=True)
 def crate_matmul(x: Array, w: Array) -> Array:
     """y[s, j] = sum over i of w[i, j] * x[s, i], added left to right in x's dtype (no FMA,
-    no blocking): the crate's per-sample dot products.  x: (N, D_in), w: (D_in, D_out)."""
+    no blocking): the crate's per-sample dot products.  x: (N, D_in), w: (D_in, D_out), any
+    strides (the backward pass passes w.T)."""
     n, d_in = x.shape
     y = np.zeros((n, w.shape[1]), x.dtype)
     for s in range(n):
@@ -56,18 +57,6 @@ def crate_matmul(x: Array, w: Array) -> Array:
             for i in range(d_in):
                 y[s, j] += w[i, j] * x[s, i]
     return y
-
-
-@numba.njit(cache=True)
-def crate_matmul_t(dy: Array, w: Array) -> Array:
-    """dx[s, i] = sum over j of w[i, j] * dy[s, j], left to right.  dy: (N, D_out) -> (N, D_in)."""
-    n, d_out = dy.shape
-    dx = np.zeros((n, w.shape[0]), dy.dtype)
-    for s in range(n):
-        for i in range(w.shape[0]):
-            for j in range(d_out):
-                dx[s, i] += w[i, j] * dy[s, j]
-    return dx
 
 
 @numba.njit(cache=True)
@@ -95,5 +84,5 @@ def crate_dense_backward(dy: Array, cache: Cache) -> tuple[Array, Array, Array |
     """dense_backward in the crate's summation order: (dx, dw, db)."""
     x, w, has_bias = cache
     dy = np.ascontiguousarray(dy)
-    dx = crate_matmul_t(dy, np.ascontiguousarray(w))
+    dx = crate_matmul(dy, w.T)  # dx[s, i] = sum over j of w[i, j] * dy[s, j], left to right
     return dx, crate_outer_sum(x, dy), (dy.sum(axis=0) if has_bias else None)
