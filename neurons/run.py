@@ -164,13 +164,12 @@ class _Recorder:
         due = time.monotonic() - self.flushed_at >= self.min_seconds
         if self.every and state.epoch % self.every == 0 and due:
             self.write_last()
-        total = self.total
         acc = "" if np.isnan(row["train_acc"]) else f" train_acc {row['train_acc']:.4f}"
         vacc = "" if np.isnan(row["val_acc"]) else f" val_acc {row['val_acc']:.4f}"
         log.info(
             "epoch %d/%d  train_loss %.5g%s  val_loss %.5g%s  lr %.3g  %.2fs",
             state.epoch,
-            total,
+            self.total,
             row["train_loss"],
             acc,
             row["val_loss"],
