@@ -1,18 +1,22 @@
 """Benchmark (not a test): the same Iris sweep run serially and with `hydra/launcher=parallel`.
 
     python -m neurons.bench_sweep                 # 8 jobs, 400 epochs each, n_jobs = cores
-    python -m neurons.bench_sweep --jobs 2 --epochs 2     # a quick check that it runs
+    python -m neurons.bench_sweep --epochs 4000   # 2-s jobs: where launch overhead is small
+    python -m neurons.bench_sweep --jobs 2 --epochs 2 --rounds 1   # a quick check that it runs
 
-Each sweep is a fresh `python -m neurons -m` process in a temporary directory. Prints the wall
-time of both sweeps and their ratio (aim: >= 1.7x on 2 cores), and the start-up overhead per job:
-sweep wall time not spent inside the jobs' runs (`wall_seconds` in summary.json), per job.
-Run it on a quiet machine; nothing here asserts a speed.
+Each sweep is a fresh `python -m neurons -m` process in a temporary directory; `--rounds`
+interleaves serial and parallel sweeps and reports medians (single runs here vary by +-10%;
+the speed-up is the median of each round's own serial/parallel ratio).
+Prints the wall time of both sweeps and their ratio (aim: >= 1.7x on 2 cores), and the start-up
+overhead per job: sweep wall time not spent inside the jobs' runs (`wall_seconds` in
+summary.json), per job. Run it on a quiet machine; nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,26 +63,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=400, help="epochs per job")
     ap.add_argument("--batch-size", type=int, default=4, help="train.batch_size")
     ap.add_argument("--n-jobs", type=int, default=cores(), help="parallel jobs (default: cores)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     a = ap.parse_args(argv)
+    parallel_args = ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={a.n_jobs}"]
+    serial: list[float] = []
+    parallel: list[float] = []
+    s_runs: list[float] = []
+    p_runs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="neurons-bench-sweep-") as tmp:
-        serial, s_runs = run_sweep(Path(tmp) / "serial", a.jobs, a.epochs, a.batch_size, [])
-        parallel, p_runs = run_sweep(
-            Path(tmp) / "parallel",
-            a.jobs,
-            a.epochs,
-            a.batch_size,
-            ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={a.n_jobs}"],
-        )
+        for r in range(max(1, a.rounds)):
+            wall, runs = run_sweep(Path(tmp) / f"serial{r}", a.jobs, a.epochs, a.batch_size, [])
+            serial.append(wall)
+            s_runs.append(sum(runs))
+            wall, runs = run_sweep(
+                Path(tmp) / f"parallel{r}", a.jobs, a.epochs, a.batch_size, parallel_args
+            )
+            parallel.append(wall)
+            p_runs.append(sum(runs))
     n = a.jobs
     workers = min(a.n_jobs, n)
-    print(f"Iris sweep: {n} jobs x {a.epochs} epochs (batch {a.batch_size}), {cores()} cores")
-    print(f"  serial   (basic launcher)          {serial:8.2f} s")
-    print(f"  parallel (parallel, n_jobs={a.n_jobs:<2d})  {parallel:8.2f} s")
-    print(f"  speed-up serial / parallel         {serial / parallel:8.2f}x  (aim >= 1.7x, 2 cores)")
-    print(f"  mean run time per job, serial      {sum(s_runs) / n:8.3f} s")
-    print(f"  mean run time per job, parallel    {sum(p_runs) / n:8.3f} s")
-    print(f"  start-up overhead per job, serial  {(serial - sum(s_runs)) / n:8.3f} s")
-    over = (parallel * workers - sum(p_runs)) / n
+    med = statistics.median
+    ser, par = med(serial), med(parallel)
+    ratios = sorted(s / p for s, p in zip(serial, parallel, strict=True))
+    print(f"Iris sweep: {n} jobs x {a.epochs} epochs (batch {a.batch_size}), {cores()} cores,")
+    print(f"  medians of {len(serial)} interleaved rounds")
+    print(f"  serial   (basic launcher)          {ser:8.2f} s")
+    print(f"  parallel (parallel, n_jobs={a.n_jobs:<2d})  {par:8.2f} s")
+    speed_up = med(ratios)  # of each round's own pair: drift between rounds cancels
+    print(f"  speed-up serial / parallel         {speed_up:8.2f}x  (aim >= 1.7x, 2 cores)")
+    print("  speed-up of each round             " + ", ".join(f"{x:.2f}x" for x in ratios))
+    print(f"  mean run time per job, serial      {med(s_runs) / n:8.3f} s")
+    print(f"  mean run time per job, parallel    {med(p_runs) / n:8.3f} s")
+    print(f"  start-up overhead per job, serial  {(ser - med(s_runs)) / n:8.3f} s")
+    over = (par * workers - med(p_runs)) / n
     print(f"  start-up overhead per job, parallel {over:7.3f} s  (worker-seconds outside runs)")
 
 

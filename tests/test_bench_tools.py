@@ -59,3 +59,16 @@ def test_warmed_workers_are_the_ones_the_launcher_then_uses():
 def test_no_warm_up_for_other_launchers_or_one_job():
     assert warm_workers(OmegaConf.create({"_target_": "hydra._internal.BasicLauncher"})) is None
     assert warm_workers(OmegaConf.create({"_target_": JOBLIB, "n_jobs": 1})) is None
+
+
+def test_bench_sweep_interleaves_rounds_and_reports_medians(capsys):
+    from neurons import bench_sweep
+
+    bench_sweep.main(["--jobs", "2", "--epochs", "1", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert "medians of 2 interleaved rounds" in out
+    rounds = next(line for line in out.splitlines() if "speed-up of each round" in line)
+    ratios = [float(r.strip().rstrip("x")) for r in rounds.split("round", 1)[1].split(",")]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)
+    median = next(line for line in out.splitlines() if "speed-up serial / parallel" in line)
+    assert float(median.split()[4].rstrip("x")) > 0
