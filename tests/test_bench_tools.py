@@ -67,8 +67,8 @@ def test_bench_sweep_interleaves_rounds_and_reports_medians(capsys):
     bench_sweep.main(["--jobs", "2", "--epochs", "1", "--rounds", "2"])
     out = capsys.readouterr().out
     assert "medians of 2 interleaved rounds" in out
-    rounds = next(line for line in out.splitlines() if "speed-up of each round" in line)
-    ratios = [float(r.strip().rstrip("x")) for r in rounds.split("round", 1)[1].split(",")]
+    rounds = next(line for line in out.splitlines() if "speed-up of the rounds, sorted" in line)
+    ratios = [float(r.strip().rstrip("x")) for r in rounds.split("sorted", 1)[1].split(",")]
     assert len(ratios) == 2 and all(r > 0 for r in ratios)
     median = next(line for line in out.splitlines() if "speed-up serial / parallel" in line)
     assert float(median.split()[4].rstrip("x")) > 0
